@@ -1,0 +1,19 @@
+"""Sender Lambda: SQS batch in, partial batch response out. The work is in sendonce.sender."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from sendonce import sender
+from sendonce.idempotency import IDEMPOTENCY_CONFIG
+from sendonce.observability import logger, tracer
+
+if TYPE_CHECKING:
+    from aws_lambda_powertools.utilities.typing import LambdaContext
+
+
+@logger.inject_lambda_context
+@tracer.capture_lambda_handler(capture_response=False)
+def lambda_handler(event: dict, context: LambdaContext) -> dict:
+    IDEMPOTENCY_CONFIG.register_lambda_context(context)
+    return sender.process_batch(event, context)

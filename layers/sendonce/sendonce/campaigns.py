@@ -1,0 +1,161 @@
+"""Campaign operations: create (rows in one transaction, then enqueue) and re-enqueue."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import psycopg
+
+from sendonce import repository, sqs
+from sendonce.contacts import ContactList, InvalidRow
+from sendonce.errors import CampaignInputError, CampaignNotFoundError, ContactsError, EnqueueError
+from sendonce.models import QueueMessage
+from sendonce.observability import logger
+
+_LANGUAGE = re.compile(r"^[a-z]{2,3}(_[A-Z]{2})?$")
+_TEMPLATE = re.compile(r"^[a-z0-9_]{1,512}$")
+
+
+@dataclass(frozen=True)
+class NewCampaign:
+    """What an operator gives to start a campaign."""
+
+    name: str
+    template_name: str
+    language_code: str
+    phone_number_id: str
+    components: tuple[dict, ...] = ()
+    id: str = field(default_factory=lambda: str(uuid.uuid4()))
+
+    def validate(self) -> None:
+        """Raise `CampaignInputError` naming the first bad field."""
+        if not self.name.strip():
+            raise CampaignInputError("--name must not be empty")
+        if not _TEMPLATE.match(self.template_name):
+            raise CampaignInputError(
+                f"--template must be a template name (lowercase letters, digits, _), got {self.template_name!r}"
+            )
+        if not _LANGUAGE.match(self.language_code):
+            raise CampaignInputError(f"--language must look like en or en_US, got {self.language_code!r}")
+        if not self.phone_number_id.isdigit():
+            raise CampaignInputError(f"--phone-number-id must be digits, got {self.phone_number_id!r}")
+        try:
+            uuid.UUID(self.id)
+        except ValueError:
+            raise CampaignInputError(f"campaign id must be a UUID, got {self.id!r}") from None
+
+
+@dataclass(frozen=True)
+class CreatedCampaign:
+    """The outcome of `create_campaign`, as `campaign create --json` prints it."""
+
+    campaign_id: str
+    recipients: int
+    invalid: list[InvalidRow]
+    duplicates: int
+    enqueued: int
+
+    def as_json(self) -> dict:
+        """The contract's `campaign create --json` object."""
+        return {
+            "campaign_id": self.campaign_id,
+            "recipients": self.recipients,
+            "invalid": len(self.invalid),
+            "duplicates": self.duplicates,
+            "enqueued": self.enqueued,
+            "invalid_rows": [{"line": r.line, "value": r.value, "reason": r.reason} for r in self.invalid],
+        }
+
+
+def create_campaign(
+    conn: psycopg.Connection,
+    campaign: NewCampaign,
+    contacts: ContactList,
+    queue_url: str,
+    on_progress: Callable[[int], None] | None = None,
+) -> CreatedCampaign:
+    """Create a campaign with one `ready` row per unique contact, then enqueue every row.
+
+    Parameters
+    ----------
+    conn
+        An autocommit connection; the campaign and its rows are written in one transaction with COPY.
+    campaign
+        The campaign's fields, validated here.
+    contacts
+        Unique, valid contacts; invalid rows and duplicates are only reported.
+    queue_url
+        The SQS send queue.
+    on_progress
+        Called with the number of messages of each finished SendMessageBatch.
+
+    Raises
+    ------
+    CampaignInputError, ContactsError
+        Before anything is written.
+    EnqueueError
+        After the rows were written, when some could not be enqueued: they stay `ready`, and
+        `sendonce campaign enqueue ID` finishes the job.
+    """
+    campaign.validate()
+    if not contacts.contacts:
+        raise ContactsError(f"no valid contacts ({len(contacts.invalid)} invalid rows): nothing was created")
+    fields = {
+        "id": campaign.id,
+        "name": campaign.name.strip(),
+        "template_name": campaign.template_name,
+        "language_code": campaign.language_code,
+        "phone_number_id": campaign.phone_number_id,
+        "components": list(campaign.components),
+        "total_recipients": len(contacts.contacts),
+    }
+    repository.insert_campaign(conn, fields, ((c.phone, c.params) for c in contacts.contacts))
+    logger.info(
+        "campaign created",
+        campaign_id=campaign.id,
+        recipients=len(contacts.contacts),
+        invalid=len(contacts.invalid),
+        duplicates=contacts.duplicates,
+    )
+    enqueued = enqueue_campaign(conn, campaign.id, queue_url, on_progress)
+    return CreatedCampaign(campaign.id, len(contacts.contacts), contacts.invalid, contacts.duplicates, enqueued)
+
+
+def enqueue_campaign(
+    conn: psycopg.Connection,
+    campaign_id: str,
+    queue_url: str,
+    on_progress: Callable[[int], None] | None = None,
+) -> int:
+    """Put one SQS message on the queue for each of the campaign's `ready` rows; return how many.
+
+    Harmless to repeat: the sender's claim lets only one message per row send it. Each run has its own
+    enqueue id, so the idempotency layer lets a deliberate re-enqueue through.
+
+    Raises
+    ------
+    CampaignNotFoundError
+        No campaign has that id.
+    EnqueueError
+        Some messages could not be sent; their rows stay `ready` and the message says how to finish.
+    """
+    try:
+        uuid.UUID(campaign_id)
+    except ValueError:
+        raise CampaignNotFoundError(f"no campaign {campaign_id!r} (not a UUID)") from None
+    if repository.campaign_status(conn, campaign_id) is None:
+        raise CampaignNotFoundError(f"no campaign {campaign_id}")
+    enqueue_id = uuid.uuid4().hex
+    messages = (QueueMessage(i, campaign_id, enqueue_id) for i in repository.ready_row_ids(conn, campaign_id))
+    try:
+        sent = sqs.send_messages(queue_url, messages, on_progress)
+    except EnqueueError as exc:
+        raise EnqueueError(
+            f"{exc}. The rows not enqueued stay ready: run `sendonce campaign enqueue {campaign_id}` "
+            "to finish (harmless to repeat)."
+        ) from exc
+    logger.info("campaign enqueued", campaign_id=campaign_id, enqueued=sent)
+    return sent

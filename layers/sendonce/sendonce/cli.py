@@ -1,0 +1,146 @@
+"""The `sendonce` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from sendonce import __version__
+from sendonce.errors import (
+    CampaignInputError,
+    CampaignNotFoundError,
+    ConfigError,
+    ContactsError,
+    MigrationError,
+    SendonceError,
+)
+from sendonce.observability import logger
+
+# Exit codes: 0 done, 1 the operation failed, 2 bad input (argparse uses 2 as well).
+INPUT_ERRORS = (CampaignInputError, CampaignNotFoundError, ContactsError, ConfigError, MigrationError)
+
+
+def _cmd_migrate(args: argparse.Namespace) -> int:
+    from sendonce import db
+    from sendonce.migrate import migrate
+
+    applied = migrate(db.get_conn())
+    print("applied: " + ", ".join(applied) if applied else "database is up to date")
+    return 0
+
+
+def _queue_url() -> str:
+    from sendonce.config import get_settings, require
+
+    return require(get_settings().send_queue_url, "SEND_QUEUE_URL")
+
+
+def _progress(total: int, label: str, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=label, unit="msg", file=sys.stderr, disable=not enabled, leave=False)
+
+
+def _cmd_campaign_create(args: argparse.Namespace) -> int:
+    from sendonce import campaigns, contacts, db
+
+    campaign = campaigns.NewCampaign(
+        name=args.name, template_name=args.template, language_code=args.language, phone_number_id=args.phone_number_id
+    )
+    campaign.validate()
+    queue_url = _queue_url()
+    contact_list = contacts.read_csv(args.contacts, default_region=args.default_country)
+    with _progress(len(contact_list.contacts), "enqueue", sys.stderr.isatty()) as bar:
+        created = campaigns.create_campaign(db.get_conn(), campaign, contact_list, queue_url, on_progress=bar.update)
+    if args.json:
+        print(json.dumps(created.as_json()))
+        return 0
+    print(
+        f"campaign {created.campaign_id}: {created.recipients} recipients, {len(created.invalid)} invalid, "
+        f"{created.duplicates} duplicates, {created.enqueued} enqueued"
+    )
+    for row in created.invalid:
+        print(f"  line {row.line}: {row.value!r}: {row.reason}")
+    return 0
+
+
+def _cmd_campaign_enqueue(args: argparse.Namespace) -> int:
+    from sendonce import campaigns, db
+
+    queue_url = _queue_url()
+    with _progress(0, "enqueue", sys.stderr.isatty()) as bar:
+        sent = campaigns.enqueue_campaign(db.get_conn(), args.campaign_id, queue_url, on_progress=bar.update)
+    print(f"campaign {args.campaign_id}: {sent} ready rows enqueued")
+    return 0
+
+
+def _cmd_local_run(args: argparse.Namespace) -> int:
+    from sendonce.local import run
+
+    if args.contacts < 1:
+        raise CampaignInputError("--contacts must be at least 1")
+    report = run.local_run(contact_count=args.contacts, chaos=args.chaos, concurrency=args.concurrency)
+    if args.json:
+        print(json.dumps(run.report_json(report)))
+    else:
+        print("\n".join(run.report_lines(report)))
+    return 0 if report.ok else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser for every command."""
+    parser = argparse.ArgumentParser(prog="sendonce", description="Exactly-once WhatsApp template campaigns.")
+    parser.add_argument("--version", action="version", version=f"sendonce {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    commands.add_parser("migrate", help="apply the SQL migrations to DATABASE_URL").set_defaults(func=_cmd_migrate)
+
+    campaign = commands.add_parser("campaign", help="create and control campaigns").add_subparsers(
+        dest="action", required=True
+    )
+    create = campaign.add_parser("create", help="create a campaign from a contacts CSV and enqueue it")
+    create.add_argument("--name", required=True)
+    create.add_argument("--template", required=True, help="approved template name")
+    create.add_argument("--language", required=True, help="template language code, e.g. en_US")
+    create.add_argument("--phone-number-id", required=True, help="the WhatsApp business phone number id")
+    create.add_argument("--contacts", required=True, help="CSV with a 'phone' column and optional param1..paramN")
+    create.add_argument("--default-country", help="ISO country (IN, US) for numbers without a country code")
+    create.add_argument("--json", action="store_true", help="print one JSON object")
+    create.set_defaults(func=_cmd_campaign_create)
+
+    enqueue = campaign.add_parser("enqueue", help="re-enqueue a campaign's ready rows (harmless to repeat)")
+    enqueue.add_argument("campaign_id")
+    enqueue.set_defaults(func=_cmd_campaign_enqueue)
+
+    local = commands.add_parser("local", help="run sendonce on this machine").add_subparsers(
+        dest="action", required=True
+    )
+    run = local.add_parser("run", help="send a small campaign end to end on embedded PostgreSQL, moto, fake Graph")
+    run.add_argument("--contacts", type=int, default=200, help="unique contacts to generate (default 200)")
+    run.add_argument("--chaos", action="store_true", help="inject Graph API faults (5xx, 429, dropped answers)")
+    run.add_argument("--concurrency", type=int, default=2, help="concurrent sender invocations (default 2)")
+    run.add_argument("--json", action="store_true", help="print one JSON object")
+    run.set_defaults(func=_cmd_local_run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `sendonce` console script."""
+    args = build_parser().parse_args(argv)
+    # Logs are for operators and go to stderr, so stdout stays clean for --json.
+    logger.registered_handler.setStream(sys.stderr)
+    logger.setLevel(os.environ.get("POWERTOOLS_LOG_LEVEL", "WARNING"))
+    try:
+        return args.func(args)
+    except INPUT_ERRORS as exc:
+        print(f"sendonce: error: {exc}", file=sys.stderr)
+        return 2
+    except SendonceError as exc:
+        print(f"sendonce: error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,108 @@
+"""Settings read from the environment once per execution environment."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+
+from sendonce.errors import ConfigError
+
+DEFAULT_API_BASE_URL = "https://graph.facebook.com/v23.0"
+AMBIGUOUS_POLICIES = ("resend", "fail")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """sendonce's configuration; names follow the environment variables of ARCHITECTURE section 7."""
+
+    database_url: str | None
+    send_queue_url: str | None
+    dlq_url: str | None
+    idempotency_table: str | None
+    whatsapp_api_base_url: str
+    whatsapp_access_token: str | None
+    whatsapp_app_secret: str | None
+    webhook_verify_token: str | None
+    stuck_after_seconds: int
+    ambiguous_policy: str
+    whatsapp_max_mps: int
+    whatsapp_timeout_seconds: float
+    # None behind a pooler that does not support prepared statements (RDS Proxy in transaction mode, PgBouncer).
+    pg_prepare_threshold: int | None
+
+
+def _int(name: str, default: int, minimum: int = 0) -> int:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a whole number, got {raw!r}") from None
+    if value < minimum:
+        raise ConfigError(f"{name} must be at least {minimum}, got {value}")
+    return value
+
+
+def _float(name: str, default: float) -> float:
+    raw = os.environ.get(name, "").strip()
+    try:
+        value = float(raw) if raw else default
+    except ValueError:
+        raise ConfigError(f"{name} must be a number of seconds, got {raw!r}") from None
+    if value <= 0:
+        raise ConfigError(f"{name} must be positive, got {raw!r}")
+    return value
+
+
+def _prepare_threshold() -> int | None:
+    raw = os.environ.get("PG_PREPARE_THRESHOLD", "").strip().lower()
+    if raw in ("none", "off", "disabled"):
+        return None
+    return _int("PG_PREPARE_THRESHOLD", 5)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Read and validate the settings; cached until `get_settings.cache_clear()`.
+
+    Raises
+    ------
+    ConfigError
+        When a value is present but invalid.
+    """
+    policy = os.environ.get("AMBIGUOUS_POLICY", "resend").strip().lower() or "resend"
+    if policy not in AMBIGUOUS_POLICIES:
+        raise ConfigError(f"AMBIGUOUS_POLICY must be one of {', '.join(AMBIGUOUS_POLICIES)}, got {policy!r}")
+    return Settings(
+        database_url=os.environ.get("DATABASE_URL") or None,
+        send_queue_url=os.environ.get("SEND_QUEUE_URL") or None,
+        dlq_url=os.environ.get("DLQ_URL") or None,
+        idempotency_table=os.environ.get("IDEMPOTENCY_TABLE") or None,
+        whatsapp_api_base_url=(os.environ.get("WHATSAPP_API_BASE_URL") or DEFAULT_API_BASE_URL).rstrip("/"),
+        whatsapp_access_token=os.environ.get("WHATSAPP_ACCESS_TOKEN") or None,
+        whatsapp_app_secret=os.environ.get("WHATSAPP_APP_SECRET") or None,
+        webhook_verify_token=os.environ.get("WEBHOOK_VERIFY_TOKEN") or None,
+        stuck_after_seconds=_int("STUCK_AFTER_SECONDS", 600, minimum=1),
+        ambiguous_policy=policy,
+        whatsapp_max_mps=_int("WHATSAPP_MAX_MPS", 80, minimum=1),
+        whatsapp_timeout_seconds=_float("WHATSAPP_TIMEOUT_SECONDS", 10.0),
+        pg_prepare_threshold=_prepare_threshold(),
+    )
+
+
+def require(value: str | None, name: str) -> str:
+    """Return a setting that must be present, or raise `ConfigError` naming its variable."""
+    if not value:
+        raise ConfigError(f"{name} is not set")
+    return value
+
+
+def resolve_secret(value: str) -> str:
+    """Return `value`, or the secret it names when it is a Secrets Manager ARN (cached by Powertools for 5 min)."""
+    if not value.startswith("arn:aws:secretsmanager:"):
+        return value
+    from aws_lambda_powertools.utilities.parameters import get_secret
+
+    return get_secret(value, max_age=300)

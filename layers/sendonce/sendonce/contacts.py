@@ -1,0 +1,121 @@
+"""Contact lists: a CSV with a `phone` column and optional `param1..paramN`, read into unique E.164 rows."""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sendonce import phones
+from sendonce.errors import ContactsError
+
+_PARAM_COLUMN = re.compile(r"^param([1-9][0-9]*)$")
+MAX_PARAM_LENGTH = 1024
+
+
+@dataclass(frozen=True)
+class Contact:
+    """One recipient: E.164 digits and the template body parameters, in order."""
+
+    phone: str
+    params: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class InvalidRow:
+    """A row that was reported and not inserted; `line` counts the header as line 1."""
+
+    line: int
+    value: str
+    reason: str
+
+
+@dataclass
+class ContactList:
+    """The outcome of reading a contact list: unique contacts, rejected rows, collapsed duplicates."""
+
+    contacts: list[Contact] = field(default_factory=list)
+    invalid: list[InvalidRow] = field(default_factory=list)
+    duplicates: int = 0
+
+
+def read_csv(path: str | Path, default_region: str | None = None) -> ContactList:
+    """Read a contacts CSV file.
+
+    Parameters
+    ----------
+    path
+        A CSV file with a header row naming a `phone` column.
+    default_region
+        ISO 3166 country for numbers written without a country code.
+
+    Raises
+    ------
+    ContactsError
+        The file is missing, unreadable, empty, has no `phone` column or no valid row.
+    """
+    file = Path(path)
+    if not file.is_file():
+        raise ContactsError(f"contacts file not found: {file}")
+    try:
+        text = file.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ContactsError(f"cannot read contacts file {file}: {exc}") from exc
+    return parse_csv(io.StringIO(text), source=str(file), default_region=default_region)
+
+
+def parse_csv(lines: Iterable[str], source: str = "contacts", default_region: str | None = None) -> ContactList:
+    """Parse CSV text (an iterable of lines); see `read_csv`."""
+    reader = csv.reader(lines)
+    header = next(reader, None)
+    if header is None or not any(cell.strip() for cell in header):
+        raise ContactsError(f"{source} is empty: expected a header row with a 'phone' column")
+    columns = [cell.strip().lower() for cell in header]
+    if "phone" not in columns:
+        raise ContactsError(f"{source} has no 'phone' column (columns: {', '.join(columns) or 'none'})")
+    phone_at = columns.index("phone")
+    params_at = sorted(
+        (int(m.group(1)), i) for i, name in enumerate(columns) if (m := _PARAM_COLUMN.match(name))
+    )
+    expected = list(range(1, len(params_at) + 1))
+    if [n for n, _ in params_at] != expected:
+        raise ContactsError(f"{source}: parameter columns must be param1..paramN without gaps")
+    return _collect(reader, phone_at, [i for _, i in params_at], default_region, source)
+
+
+def _collect(reader, phone_at: int, params_at: list[int], default_region: str | None, source: str):
+    result = ContactList()
+    seen: set[str] = set()
+    rows = 0
+    for row in reader:
+        line = reader.line_num
+        if not any(cell.strip() for cell in row):
+            continue
+        rows += 1
+        if len(row) <= max([phone_at, *params_at]):
+            result.invalid.append(InvalidRow(line, ",".join(row)[:40], "missing columns"))
+            continue
+        params = tuple(row[i].strip() for i in params_at)
+        _add(result, seen, line, row[phone_at], params, default_region)
+    if rows == 0:
+        raise ContactsError(f"{source} has a header but no contacts")
+    return result
+
+
+def _add(result: ContactList, seen: set[str], line: int, raw: str, params: tuple[str, ...], region):
+    try:
+        phone = phones.normalize(raw, region)
+    except phones.InvalidPhoneError as exc:
+        result.invalid.append(InvalidRow(line, raw.strip()[:40], str(exc)))
+        return
+    if any(len(p) > MAX_PARAM_LENGTH for p in params):
+        result.invalid.append(InvalidRow(line, raw.strip()[:40], f"a parameter is over {MAX_PARAM_LENGTH} characters"))
+        return
+    if phone in seen:
+        result.duplicates += 1
+        return
+    seen.add(phone)
+    result.contacts.append(Contact(phone, params))

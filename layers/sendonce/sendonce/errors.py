@@ -1,0 +1,51 @@
+"""Every error sendonce raises on purpose, split by what the caller should do about it."""
+
+from __future__ import annotations
+
+
+class SendonceError(Exception):
+    """Base class of sendonce's errors."""
+
+
+class ConfigError(SendonceError):
+    """A setting is missing or invalid."""
+
+
+class DatabaseError(SendonceError):
+    """PostgreSQL could not be reached or refused a statement."""
+
+
+class MigrationError(SendonceError):
+    """A migration file is missing, misnamed or failed to apply."""
+
+
+class ContactsError(SendonceError):
+    """The contacts file cannot be used at all (missing, empty, no `phone` column, no valid row)."""
+
+
+class CampaignInputError(SendonceError):
+    """A campaign field is missing or invalid."""
+
+
+class CampaignNotFoundError(SendonceError):
+    """No campaign has that id."""
+
+
+class EnqueueError(SendonceError):
+    """Some rows could not be put on the send queue; they stay `ready` and `campaign enqueue` finishes the job."""
+
+
+class MalformedMessageError(SendonceError):
+    """An SQS body is not the JSON object {"queue_id": ..., "campaign_id": ...}."""
+
+
+class UnknownRowError(SendonceError):
+    """An SQS message names a send_queue row that does not exist in that campaign."""
+
+
+class TransientSendError(SendonceError):
+    """The send did not reach Meta or Meta asked us to retry later; the row is `ready` again."""
+
+
+class BatchAbortedError(SendonceError):
+    """The batch could not be claimed or finalized; its records are retried."""

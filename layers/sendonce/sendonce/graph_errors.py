@@ -1,0 +1,34 @@
+"""Graph API error codes, classified by what the sender must do (ARCHITECTURE section 5).
+
+Matched on `error.code`, not on the HTTP status. Sources: Meta's WhatsApp Cloud API error-code, throughput and
+rate-limit pages; pywa's errors module.
+"""
+
+from __future__ import annotations
+
+from sendonce.models import Disposition
+
+TRANSIENT = frozenset({1, 2, 4, 80007, 130429, 131000, 131016, 131057})
+# 1 message per 6 s to one user: retry that recipient after 4^X seconds.
+PAIR_RATE = frozenset({131056})
+# Per-user marketing limit: a resend within 24 h fails again and counts against the business.
+MARKETING_LIMIT = frozenset({131049})
+OPTED_OUT = 131050
+PERMANENT = frozenset(
+    {100, 131008, 131009, 131021, 131026, 131047, OPTED_OUT, 131051, 130472, 132000, 132005, 132007, 132012, 132016}
+)
+# Token, account, payment or template problems: every further send would fail the same way.
+HALT = frozenset({0, 190, 10, 131005, 131031, 131037, 131042, 131045, 131048, 132001, 132015, 133010, 368})
+
+
+def classify(code: int | None, http_status: int) -> Disposition:
+    """The disposition for a Graph error; unknown codes are permanent on 4xx and transient on 5xx or 429."""
+    if code in TRANSIENT or code in PAIR_RATE:
+        return Disposition.RETRY
+    if code in HALT:
+        return Disposition.HALT
+    if code in PERMANENT or code in MARKETING_LIMIT:
+        return Disposition.FAILED
+    if http_status >= 500 or http_status == 429:
+        return Disposition.RETRY
+    return Disposition.FAILED

@@ -1,0 +1,107 @@
+"""The domain's value types: queue messages, claimed rows and what a send came to."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+from enum import StrEnum
+
+from sendonce.errors import MalformedMessageError
+
+
+class RowStatus(StrEnum):
+    """send_queue.status."""
+
+    READY = "ready"
+    PROCESSING = "processing"
+    SENT = "sent"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class CampaignStatus(StrEnum):
+    """campaigns.status."""
+
+    RUNNING = "running"
+    PAUSED = "paused"
+    CANCELLED = "cancelled"
+    COMPLETED = "completed"
+
+
+class Disposition(StrEnum):
+    """What the sender does with a row after one send attempt (ARCHITECTURE section 5)."""
+
+    SENT = "sent"  # Meta accepted: store the WAMID
+    FAILED = "failed"  # permanent for this recipient: never retried
+    RETRY = "retry"  # provably not sent: back to `ready`, the message is retried
+    AMBIGUOUS = "ambiguous"  # may have been accepted: stays `processing` until reconciled or reset
+    HALT = "halt"  # sending on would fail for everyone: row back to `ready`, campaign paused
+
+
+@dataclass(frozen=True)
+class QueueMessage:
+    """The SQS body: which row to send, and which enqueue this message belongs to."""
+
+    queue_id: int
+    campaign_id: str
+    # One id per enqueue run: duplicate deliveries of a run share it, a deliberate re-enqueue gets a new one.
+    enqueue_id: str
+
+    @classmethod
+    def parse(cls, body: str | None, fallback_enqueue_id: str) -> QueueMessage:
+        """Parse an SQS body; raise `MalformedMessageError` saying what is wrong."""
+        try:
+            data = json.loads(body or "")
+        except ValueError:
+            raise MalformedMessageError(f"body is not JSON: {(body or '')[:60]!r}") from None
+        if not isinstance(data, dict):
+            raise MalformedMessageError("body is not a JSON object")
+        queue_id = data.get("queue_id")
+        if isinstance(queue_id, bool) or not isinstance(queue_id, (int, str)) or not str(queue_id).isdigit():
+            raise MalformedMessageError(f"queue_id must be a positive integer, got {queue_id!r}")
+        try:
+            campaign_id = str(uuid.UUID(str(data.get("campaign_id"))))
+        except ValueError:
+            raise MalformedMessageError(f"campaign_id must be a UUID, got {data.get('campaign_id')!r}") from None
+        enqueue_id = data.get("enqueue_id") or fallback_enqueue_id
+        return cls(queue_id=int(queue_id), campaign_id=campaign_id, enqueue_id=str(enqueue_id))
+
+    def body(self) -> str:
+        """The SQS body for this message."""
+        return json.dumps(
+            {"queue_id": str(self.queue_id), "campaign_id": self.campaign_id, "enqueue_id": self.enqueue_id}
+        )
+
+
+@dataclass(frozen=True)
+class ClaimedRow:
+    """A send_queue row this worker owns until finalize, with what the template send needs."""
+
+    id: int
+    campaign_id: str
+    phone_number: str
+    params: tuple[str, ...]
+    template_name: str
+    language_code: str
+    phone_number_id: str
+    components: tuple[dict, ...] = ()
+
+
+@dataclass(frozen=True)
+class SendResult:
+    """What one Graph API call came to."""
+
+    disposition: Disposition
+    wamid: str | None = None
+    code: int | None = None
+    error: str | None = None
+
+    @property
+    def row_status(self) -> RowStatus:
+        """The row status finalize writes for this result."""
+        return {
+            Disposition.SENT: RowStatus.SENT,
+            Disposition.FAILED: RowStatus.FAILED,
+            Disposition.AMBIGUOUS: RowStatus.PROCESSING,
+        }.get(self.disposition, RowStatus.READY)

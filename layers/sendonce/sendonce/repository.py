@@ -1,0 +1,219 @@
+"""All SQL on campaigns and send_queue, as constants, and the functions that run them."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import psycopg
+from psycopg.rows import dict_row
+
+from sendonce.db import drop_conn
+from sendonce.errors import DatabaseError
+from sendonce.models import ClaimedRow, QueueMessage, SendResult
+
+INSERT_CAMPAIGN = """
+INSERT INTO campaigns (id, name, template_name, language_code, phone_number_id, components, total_recipients)
+VALUES (%(id)s, %(name)s, %(template_name)s, %(language_code)s, %(phone_number_id)s, %(components)s,
+        %(total_recipients)s)
+"""
+
+COPY_ROWS = "COPY send_queue (campaign_id, phone_number, params) FROM STDIN"
+
+SELECT_READY_IDS = "SELECT id FROM send_queue WHERE campaign_id = %(campaign_id)s AND status = 'ready' ORDER BY id"
+
+SELECT_CAMPAIGN_EXISTS = "SELECT status FROM campaigns WHERE id = %(campaign_id)s"
+
+SELECT_COUNTERS = """
+SELECT campaign_id, name, status, pause_reason, recipients, pending, sent, delivered, read, failed, cancelled
+FROM campaign_counters
+WHERE campaign_id = %(campaign_id)s
+"""
+
+# One statement claims the whole batch. `target` reads the rows as they were; the UPDATE re-checks
+# status = 'ready' on the row it locks, so of two workers racing for a row exactly one gets it.
+CLAIM_ROWS = """
+WITH requested AS (
+    SELECT * FROM unnest(%(ids)s::bigint[], %(campaign_ids)s::uuid[]) AS r (id, campaign_id)
+),
+target AS (
+    SELECT q.id, q.status, q.whatsapp_message_id, c.status AS campaign_status
+    FROM requested r
+    JOIN send_queue q ON q.id = r.id AND q.campaign_id = r.campaign_id
+    JOIN campaigns c ON c.id = q.campaign_id
+),
+claimed AS (
+    UPDATE send_queue q
+    SET status = 'processing', claim_token = %(token)s, claimed_at = now(), attempts = q.attempts + 1,
+        updated_at = now()
+    FROM target t
+    WHERE q.id = t.id AND t.campaign_status = 'running'
+      AND q.status = 'ready' AND q.whatsapp_message_id IS NULL
+    RETURNING q.id
+),
+cancelled AS (
+    UPDATE send_queue q
+    SET status = 'cancelled', last_error = 'campaign cancelled', updated_at = now()
+    FROM target t
+    WHERE q.id = t.id AND t.campaign_status = 'cancelled' AND q.status = 'ready'
+    RETURNING q.id
+)
+SELECT t.id, t.status, t.whatsapp_message_id, t.campaign_status,
+       cl.id IS NOT NULL AS claimed, ca.id IS NOT NULL AS cancelled,
+       q.campaign_id::text AS campaign_id, q.phone_number, q.params,
+       c.template_name, c.language_code, c.phone_number_id, c.components
+FROM target t
+JOIN send_queue q ON q.id = t.id
+JOIN campaigns c ON c.id = q.campaign_id
+LEFT JOIN claimed cl ON cl.id = t.id
+LEFT JOIN cancelled ca ON ca.id = t.id
+"""
+
+# One statement finalizes the whole batch, and only rows this claim still owns: a stale worker whose rows
+# were reset and claimed again can never overwrite them. Halt codes pause their campaign in the same trip.
+FINALIZE_ROWS = """
+WITH result AS (
+    SELECT * FROM unnest(%(ids)s::bigint[], %(statuses)s::text[], %(wamids)s::text[], %(codes)s::integer[],
+                         %(errors)s::text[]) AS r (id, status, wamid, code, error)
+),
+halted AS (
+    UPDATE campaigns c
+    SET status = 'paused', pause_reason = h.reason, updated_at = now()
+    FROM unnest(%(halt_campaign_ids)s::uuid[], %(halt_reasons)s::text[]) AS h (campaign_id, reason)
+    WHERE c.id = h.campaign_id AND c.status = 'running'
+    RETURNING c.id
+)
+UPDATE send_queue q
+SET status = r.status,
+    whatsapp_message_id = coalesce(r.wamid, q.whatsapp_message_id),
+    actual_sent_at = CASE WHEN r.status = 'sent' THEN now() ELSE q.actual_sent_at END,
+    last_error_code = r.code,
+    last_error = r.error,
+    claim_token = CASE WHEN r.status = 'processing' THEN q.claim_token END,
+    updated_at = now()
+FROM result r
+WHERE q.id = r.id AND q.claim_token = %(token)s AND q.status = 'processing'
+RETURNING q.id
+"""
+
+
+@dataclass(frozen=True)
+class ClaimOutcome:
+    """One requested row after the claim: claimed (with `row`) or why not."""
+
+    queue_id: int
+    row: ClaimedRow | None
+    status: str
+    wamid: str | None
+    campaign_status: str
+    cancelled: bool
+
+
+def _wrap(exc: psycopg.Error, what: str) -> DatabaseError:
+    if isinstance(exc, psycopg.OperationalError):
+        drop_conn()
+    return DatabaseError(f"{what}: {exc}")
+
+
+def claim_rows(conn: psycopg.Connection, messages: Iterable[QueueMessage], token: uuid.UUID) -> dict[int, ClaimOutcome]:
+    """Claim the `ready` rows of a batch in one statement; rows that do not exist are absent from the result."""
+    messages = list(messages)
+    params = {
+        "ids": [m.queue_id for m in messages],
+        "campaign_ids": [m.campaign_id for m in messages],
+        "token": token,
+    }
+    try:
+        with conn.cursor(row_factory=dict_row) as cur:
+            rows = cur.execute(CLAIM_ROWS, params).fetchall()
+    except psycopg.Error as exc:
+        raise _wrap(exc, "claim failed") from exc
+    return {r["id"]: _claim_outcome(r) for r in rows}
+
+
+def _claim_outcome(r: dict) -> ClaimOutcome:
+    row = None
+    if r["claimed"]:
+        row = ClaimedRow(
+            id=r["id"],
+            campaign_id=r["campaign_id"],
+            phone_number=r["phone_number"],
+            params=tuple(r["params"]),
+            template_name=r["template_name"],
+            language_code=r["language_code"],
+            phone_number_id=r["phone_number_id"],
+            components=tuple(r["components"] or ()),
+        )
+    return ClaimOutcome(r["id"], row, r["status"], r["whatsapp_message_id"], r["campaign_status"], r["cancelled"])
+
+
+def finalize_rows(
+    conn: psycopg.Connection,
+    token: uuid.UUID,
+    results: dict[int, SendResult],
+    halts: dict[str, str],
+) -> set[int]:
+    """Write a batch's results in one statement, guarded by the claim token; return the ids written."""
+    ids = list(results)
+    params = {
+        "token": token,
+        "ids": ids,
+        "statuses": [str(results[i].row_status) for i in ids],
+        "wamids": [results[i].wamid for i in ids],
+        "codes": [results[i].code for i in ids],
+        "errors": [results[i].error for i in ids],
+        "halt_campaign_ids": list(halts),
+        "halt_reasons": list(halts.values()),
+    }
+    try:
+        return {row[0] for row in conn.execute(FINALIZE_ROWS, params).fetchall()}
+    except psycopg.Error as exc:
+        raise _wrap(exc, "finalize failed") from exc
+
+
+def insert_campaign(conn: psycopg.Connection, fields: dict, rows: Iterable[tuple[str, tuple[str, ...]]]) -> None:
+    """Insert a campaign and COPY its rows, in one transaction: either all of it exists or none."""
+    try:
+        with conn.transaction(), conn.cursor() as cur:
+            cur.execute(INSERT_CAMPAIGN, {**fields, "components": json.dumps(fields.get("components") or [])})
+            campaign_id = uuid.UUID(fields["id"])
+            with cur.copy(COPY_ROWS) as copy:
+                copy.set_types(["uuid", "text", "text[]"])
+                for phone, params in rows:
+                    copy.write_row((campaign_id, phone, list(params)))
+    except psycopg.errors.UniqueViolation as exc:
+        raise DatabaseError(f"campaign {fields['id']} already exists") from exc
+    except psycopg.Error as exc:
+        raise _wrap(exc, "creating the campaign failed") from exc
+
+
+def campaign_status(conn: psycopg.Connection, campaign_id: str) -> str | None:
+    """The campaign's status, or None when it does not exist."""
+    try:
+        row = conn.execute(SELECT_CAMPAIGN_EXISTS, {"campaign_id": campaign_id}).fetchone()
+    except psycopg.Error as exc:
+        raise _wrap(exc, "reading the campaign failed") from exc
+    return row[0] if row else None
+
+
+def ready_row_ids(conn: psycopg.Connection, campaign_id: str, chunk: int = 10_000) -> Iterator[int]:
+    """Stream the ids of a campaign's `ready` rows through a server-side cursor (a campaign may hold millions)."""
+    try:
+        with conn.transaction(), conn.cursor(name=f"ready_{uuid.uuid4().hex}") as cur:
+            cur.itersize = chunk
+            cur.execute(SELECT_READY_IDS, {"campaign_id": campaign_id})
+            for (row_id,) in cur:
+                yield row_id
+    except psycopg.Error as exc:
+        raise _wrap(exc, "reading ready rows failed") from exc
+
+
+def counters(conn: psycopg.Connection, campaign_id: str) -> dict | None:
+    """The campaign's numbers from the one definition, `campaign_counters`; None when it does not exist."""
+    try:
+        with conn.cursor(row_factory=dict_row) as cur:
+            return cur.execute(SELECT_COUNTERS, {"campaign_id": campaign_id}).fetchone()
+    except psycopg.Error as exc:
+        raise _wrap(exc, "reading counters failed") from exc
