@@ -131,7 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # Logs are for operators and go to stderr, so stdout stays clean for --json.
     logger.registered_handler.setStream(sys.stderr)
-    logger.setLevel(os.environ.get("POWERTOOLS_LOG_LEVEL", "WARNING"))
+    default_level = "ERROR" if args.command == "local" else "WARNING"
+    logger.setLevel(os.environ.get("POWERTOOLS_LOG_LEVEL", default_level))
     try:
         return args.func(args)
     except INPUT_ERRORS as exc:

@@ -106,18 +106,8 @@ class SqsEventSource:
         return len(messages)
 
     def queue_depth(self) -> int:
-        """Visible + in flight + delayed messages."""
-        attributes = get_sqs_client().get_queue_attributes(QueueUrl=self.queue_url, AttributeNames=["All"])[
-            "Attributes"
-        ]
-        return sum(
-            int(attributes.get(name, 0))
-            for name in (
-                "ApproximateNumberOfMessages",
-                "ApproximateNumberOfMessagesNotVisible",
-                "ApproximateNumberOfMessagesDelayed",
-            )
-        )
+        """Visible + in flight + delayed messages on this source's queue."""
+        return queue_depth(self.queue_url)
 
     def run_until_empty(self, timeout: float = 120.0, on_batch: Callable[[int], None] | None = None) -> PollStats:
         """Run `concurrency` workers until the queue is empty (nothing visible, in flight or delayed)."""
@@ -143,3 +133,16 @@ class SqsEventSource:
         if not stop.is_set():
             raise TimeoutError(f"queue not empty after {timeout:.0f}s ({self.queue_depth()} messages left)")
         return self.stats
+
+
+def queue_depth(queue_url: str) -> int:
+    """Visible + in flight + delayed messages on a queue."""
+    attributes = get_sqs_client().get_queue_attributes(QueueUrl=queue_url, AttributeNames=["All"])["Attributes"]
+    return sum(
+        int(attributes.get(name, 0))
+        for name in (
+            "ApproximateNumberOfMessages",
+            "ApproximateNumberOfMessagesNotVisible",
+            "ApproximateNumberOfMessagesDelayed",
+        )
+    )

@@ -15,11 +15,9 @@ import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from sendonce import campaigns, contacts, db, repository, sqs, whatsapp
-from sendonce.config import get_settings
-from sendonce.idempotency import get_persistence_store
-from sendonce.local import services
-from sendonce.local.event_source import SqsEventSource
+from sendonce import campaigns, contacts, db, repository
+from sendonce.local import reset_clients, services
+from sendonce.local.event_source import SqsEventSource, queue_depth
 from sendonce.local.fake_graph import FakeGraph
 from sendonce.local.lambda_runtime import load_handler
 from sendonce.migrate import migrate
@@ -69,14 +67,6 @@ def write_contacts(path: Path, count: int, seed: int = 1) -> int:
     return len(rows)
 
 
-def _clear_caches() -> None:
-    get_settings.cache_clear()
-    sqs.get_sqs_client.cache_clear()
-    get_persistence_store.cache_clear()
-    whatsapp.close_http_client()
-    db.drop_conn()
-
-
 def local_run(contact_count: int = 200, chaos: bool = False, concurrency: int = 2) -> LocalRunReport:
     """Run one campaign of `contact_count` contacts through the whole pipeline and report what happened."""
     started = time.monotonic()
@@ -98,7 +88,7 @@ def local_run(contact_count: int = 200, chaos: bool = False, concurrency: int = 
                 "POWERTOOLS_TRACE_DISABLED": "true",
             }
         )
-        _clear_caches()
+        reset_clients()
         conn = db.get_conn()
         migrate(conn)
         with tempfile.TemporaryDirectory() as folder:
@@ -112,7 +102,7 @@ def local_run(contact_count: int = 200, chaos: bool = False, concurrency: int = 
         source = SqsEventSource(resources.send_queue_url, load_handler("sender"), concurrency=concurrency)
         source.run_until_empty(timeout=300)
         counters = repository.counters(conn, created.campaign_id)
-        dlq_depth = SqsEventSource(resources.dlq_url, handler=lambda e, c: {}).queue_depth()
+        dlq_depth = queue_depth(resources.dlq_url)
         report = LocalRunReport(
             campaign_id=created.campaign_id,
             contacts_in_file=in_file,
@@ -136,7 +126,7 @@ def local_run(contact_count: int = 200, chaos: bool = False, concurrency: int = 
             )
         return report
     finally:
-        _clear_caches()
+        reset_clients()
         graph.stop()
         moto.stop()
         if embedded is not None:

@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +21,7 @@ def start_embedded_postgres(data_dir: Path | None = None):
     """Start a private PostgreSQL server (the `pgserver` package) and return it; `.get_uri()` gives the DSN."""
     import pgserver
 
+    warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
     folder = data_dir or Path(tempfile.mkdtemp(prefix="sendonce-pg-"))
     return pgserver.get_server(folder, cleanup_mode="delete" if data_dir is None else "stop")
 

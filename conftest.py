@@ -1,0 +1,166 @@
+"""Fixtures shared by every test: real PostgreSQL, moto's server, the fake Graph API, the Lambda context.
+
+PostgreSQL: the server named by DATABASE_URL when set (a fresh database is created on it for the run and
+dropped afterwards), otherwise an embedded server started here (the `pgserver` package).
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from sendonce.local import reset_clients, services
+from sendonce.local.event_source import SqsEventSource
+from sendonce.local.fake_graph import FakeGraph
+from sendonce.local.lambda_runtime import LocalContext, load_handler
+from sendonce.migrate import migrate
+
+GRAPH_TOKEN = "test-token"
+
+# Nothing in the tests may reach real AWS, whatever the machine's profile says.
+os.environ.update(
+    {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": services.REGION,
+        "AWS_REGION": services.REGION,
+        "AWS_LAMBDA_FUNCTION_NAME": "sendonce-test-sender",
+        "POWERTOOLS_TRACE_DISABLED": "true",
+        "POWERTOOLS_METRICS_NAMESPACE": "sendonce",
+    }
+)
+os.environ.pop("AWS_PROFILE", None)
+
+
+def _admin_dsn() -> Iterator[str]:
+    if os.environ.get("DATABASE_URL"):
+        yield os.environ["DATABASE_URL"]
+        return
+    server = services.start_embedded_postgres()
+    try:
+        yield server.get_uri()
+    finally:
+        server.cleanup()
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[Callable[[], str]]:
+    """A factory of fresh, empty databases on the test server; all are dropped at the end of the run."""
+    created: list[str] = []
+    for admin in _admin_dsn():
+        admin_conn = psycopg.connect(admin, autocommit=True)
+
+        def new_database() -> str:
+            name = f"sendonce_test_{uuid.uuid4().hex[:10]}"
+            admin_conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+            created.append(name)
+            return psycopg.conninfo.make_conninfo(admin, dbname=name)
+
+        yield new_database
+        for name in created:
+            admin_conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+        admin_conn.close()
+
+
+@pytest.fixture(scope="session")
+def database_url(pg_server) -> str:
+    """The migrated database the tests share (truncated per test by `pg_conn`)."""
+    url = pg_server()
+    with psycopg.connect(url, autocommit=True) as conn:
+        migrate(conn)
+    return url
+
+
+@pytest.fixture
+def pg_conn(database_url, monkeypatch) -> Iterator[psycopg.Connection]:
+    """An autocommit connection to an empty, migrated database; DATABASE_URL points at it."""
+    monkeypatch.setenv("DATABASE_URL", database_url)
+    conn = psycopg.connect(database_url, autocommit=True)
+    conn.execute("TRUNCATE campaigns, send_queue RESTART IDENTITY CASCADE")
+    yield conn
+    conn.close()
+
+
+@pytest.fixture(scope="session")
+def moto_server():
+    """moto's server on loopback (shared by threads and child processes); boto3 is pointed at it."""
+    server = services.start_moto_server()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def aws(moto_server, monkeypatch) -> services.AwsResources:
+    """A fresh send queue (visibility timeout 1 s), DLQ and idempotency table for this test."""
+    resources = services.create_aws_resources(f"t{uuid.uuid4().hex[:12]}", visibility_timeout=1)
+    for name, value in resources.environ().items():
+        monkeypatch.setenv(name, value)
+    return resources
+
+
+@pytest.fixture
+def graph(monkeypatch) -> Iterator[FakeGraph]:
+    """The fake Graph API on loopback; WHATSAPP_* settings point at it."""
+    with FakeGraph(token=GRAPH_TOKEN) as fake:
+        monkeypatch.setenv("WHATSAPP_API_BASE_URL", fake.url)
+        monkeypatch.setenv("WHATSAPP_ACCESS_TOKEN", GRAPH_TOKEN)
+        monkeypatch.setenv("WHATSAPP_TIMEOUT_SECONDS", "2")
+        yield fake
+
+
+@pytest.fixture(autouse=True)
+def _fresh_clients():
+    """Every test reads its own environment: no client or setting survives from the previous one."""
+    reset_clients()
+    yield
+    reset_clients()
+
+
+@pytest.fixture
+def lambda_context() -> LocalContext:
+    """A Lambda context with 30 s to run."""
+    return LocalContext("sender", timeout_seconds=30)
+
+
+@pytest.fixture
+def sender_handler() -> Callable[[dict, object], dict]:
+    """`functions/sender/app.py`'s lambda_handler, imported as `sam local invoke` would run it."""
+    return load_handler("sender")
+
+
+@pytest.fixture
+def event_source(aws, sender_handler) -> SqsEventSource:
+    """The local SQS event source mapping feeding the sender from this test's queue."""
+    return SqsEventSource(aws.send_queue_url, sender_handler, concurrency=2, function_timeout=30)
+
+
+@pytest.fixture
+def contacts_csv(tmp_path) -> Callable[..., Path]:
+    """Write a contacts CSV: `contacts_csv(["phone"], ["919741771659"], ...)`."""
+
+    def write(*rows: list[str], name: str = "contacts.csv") -> Path:
+        path = tmp_path / name
+        path.write_text("\n".join(",".join(row) for row in rows) + "\n")
+        return path
+
+    return write
+
+
+@pytest.fixture
+def make_campaign(pg_conn, aws, graph) -> Callable[..., str]:
+    """Create and enqueue a campaign to the given E.164 numbers; return its id."""
+    from sendonce.campaigns import NewCampaign, create_campaign
+    from sendonce.contacts import Contact, ContactList
+
+    def create(*phones: str, campaign_id: str | None = None) -> str:
+        new = NewCampaign("test", "order_update", "en_US", "106540352242922", id=campaign_id or str(uuid.uuid4()))
+        contacts = ContactList(contacts=[Contact(p, (f"name {p[-4:]}",)) for p in phones])
+        return create_campaign(pg_conn, new, contacts, aws.send_queue_url).campaign_id
+
+    return create
