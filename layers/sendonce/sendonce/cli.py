@@ -89,6 +89,16 @@ def _cmd_local_run(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+class _Stderr:
+    """Writes to whatever sys.stderr is at the time (it is swapped under test runners)."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for every command."""
     parser = argparse.ArgumentParser(prog="sendonce", description="Exactly-once WhatsApp template campaigns.")
@@ -130,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the `sendonce` console script."""
     args = build_parser().parse_args(argv)
     # Logs are for operators and go to stderr, so stdout stays clean for --json.
-    logger.registered_handler.setStream(sys.stderr)
+    logger.registered_handler.setStream(_Stderr())
     default_level = "ERROR" if args.command == "local" else "WARNING"
     logger.setLevel(os.environ.get("POWERTOOLS_LOG_LEVEL", default_level))
     try:

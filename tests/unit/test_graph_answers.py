@@ -1,0 +1,73 @@
+"""Classifying Graph API answers (ARCHITECTURE section 5) and building the template payload."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from sendonce.errors import MalformedMessageError
+from sendonce.models import ClaimedRow, Disposition, QueueMessage
+from sendonce.whatsapp import read_response, template_payload
+
+ROW = ClaimedRow(7, "4d46271f-f3b4-4f5b-a2c7-6dbad447a845", "919741771659", ("Asha",), "offer", "en_US", "1065")
+
+
+def _error(status: int, code: int) -> httpx.Response:
+    return httpx.Response(status, json={"error": {"message": "m", "code": code, "error_data": {"details": "d"}}})
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "disposition"),
+    [
+        (500, 131000, Disposition.RETRY),
+        (429, 130429, Disposition.RETRY),
+        (400, 131056, Disposition.RETRY),
+        (400, 131049, Disposition.FAILED),
+        (400, 131026, Disposition.FAILED),
+        (400, 131050, Disposition.FAILED),
+        (401, 190, Disposition.HALT),
+        (400, 132001, Disposition.HALT),
+        (400, 999999, Disposition.FAILED),
+        (503, 999999, Disposition.RETRY),
+    ],
+)
+def test_read_response_classifies_by_error_code(status, code, disposition):
+    result = read_response(_error(status, code))
+    assert (result.disposition, result.code) == (disposition, code)
+    assert "m (d)" in result.error
+
+
+def test_read_response_success_returns_wamid():
+    response = httpx.Response(200, json={"messages": [{"id": "wamid.X"}]})
+    assert read_response(response).wamid == "wamid.X"
+
+
+def test_read_response_success_without_wamid_is_ambiguous():
+    assert read_response(httpx.Response(200, text="ok")).disposition is Disposition.AMBIGUOUS
+
+
+def test_read_response_bare_gateway_error_is_retried():
+    result = read_response(httpx.Response(502, text="<html>bad gateway</html>"))
+    assert result.disposition is Disposition.RETRY and result.code is None
+
+
+def test_template_payload_names_row_and_fills_body_parameters():
+    payload = template_payload(ROW)
+    assert payload["biz_opaque_callback_data"] == "7"
+    assert payload["to"] == "919741771659"
+    assert payload["template"]["components"] == [{"type": "body", "parameters": [{"type": "text", "text": "Asha"}]}]
+
+
+@pytest.mark.parametrize(
+    "body",
+    ["", "[]", '{"queue_id": "1"}', '{"queue_id": true, "campaign_id": "4d46271f-f3b4-4f5b-a2c7-6dbad447a845"}',
+     '{"queue_id": "-1", "campaign_id": "4d46271f-f3b4-4f5b-a2c7-6dbad447a845"}'],
+)
+def test_queue_message_parse_rejects_malformed_bodies(body):
+    with pytest.raises(MalformedMessageError):
+        QueueMessage.parse(body, fallback_enqueue_id="m1")
+
+
+def test_queue_message_without_enqueue_id_is_keyed_by_sqs_message_id():
+    message = QueueMessage.parse('{"queue_id": 5, "campaign_id": "4D46271F-F3B4-4F5B-A2C7-6DBAD447A845"}', "m1")
+    assert (message.queue_id, message.campaign_id, message.enqueue_id) == (5, "4d46271f-f3b4-4f5b-a2c7-6dbad447a845", "m1")
