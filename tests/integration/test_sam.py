@@ -73,3 +73,23 @@ def test_build_lays_out_layer_and_sender(tmp_path):
     assert (layer / "sendonce" / "sender.py").is_file(), sorted(p.name for p in layer.iterdir())
     assert (layer / "psycopg").is_dir(), sorted(p.name for p in layer.iterdir())
     assert (build_dir / "SenderFunction" / "app.py").is_file()
+
+    # And the handler imports on Python 3.12 from the layer plus what the Lambda runtime ships (boto3)
+    runtime = _lambda_runtime_packages(tmp_path / "runtime")
+    path = os.pathsep.join([str(build_dir / "SenderFunction"), str(layer), str(runtime)])
+    probe = subprocess.run(
+        ["python3.12", "-I", "-c", "import sys; sys.path[:0] = sys.argv[1].split(':'); import app; print(app.lambda_handler)", path],
+        env=env, capture_output=True, text=True, timeout=60,
+    )
+    assert probe.returncode == 0, outcome(probe)
+
+
+def _lambda_runtime_packages(folder: Path) -> Path:
+    """A folder holding what the python3.12 Lambda runtime provides besides the standard library."""
+    import boto3
+
+    site = Path(boto3.__file__).resolve().parents[1]
+    folder.mkdir()
+    for name in ("boto3", "botocore", "s3transfer", "jmespath", "dateutil", "urllib3", "six.py"):
+        (folder / name).symlink_to(site / name)
+    return folder

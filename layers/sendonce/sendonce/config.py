@@ -101,7 +101,7 @@ def require(value: str | None, name: str) -> str:
 
 def resolve_secret(value: str) -> str:
     """Return `value`, or the secret it names when it is a Secrets Manager ARN (cached by Powertools for 5 min)."""
-    if not value.startswith("arn:aws:secretsmanager:"):
+    if not (value.startswith("arn:") and ":secretsmanager:" in value):
         return value
     from aws_lambda_powertools.utilities.parameters import get_secret
 
