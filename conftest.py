@@ -164,3 +164,29 @@ def make_campaign(pg_conn, aws, graph) -> Callable[..., str]:
         return create_campaign(pg_conn, new, contacts, aws.send_queue_url).campaign_id
 
     return create
+
+
+@pytest.fixture
+def lambda_service(monkeypatch) -> Iterator:
+    """The local Lambda Invoke API, with campaigns_api registered under AWS_LAMBDA_FUNCTION_NAME."""
+    from sendonce.local.lambda_service import LocalLambdaService
+
+    service = LocalLambdaService().start()
+    service.register("sendonce-test-api", load_handler("campaigns_api"))
+    monkeypatch.setenv("AWS_ENDPOINT_URL_LAMBDA", service.url)
+    monkeypatch.setenv("AWS_LAMBDA_FUNCTION_NAME", "sendonce-test-api")
+    yield service
+    service.stop()
+
+
+@pytest.fixture
+def contacts_bucket(moto_server, monkeypatch) -> str:
+    """The stack's contacts bucket (the name events/campaigns_api_create_s3.json uses), on moto."""
+    import boto3
+
+    name = "sendonce-contacts-123456789012"
+    s3 = boto3.client("s3", region_name=services.REGION)
+    if name not in {b["Name"] for b in s3.list_buckets()["Buckets"]}:
+        s3.create_bucket(Bucket=name)
+    monkeypatch.setenv("CONTACTS_BUCKET", name)
+    return name

@@ -11,6 +11,7 @@ from sendonce import __version__
 from sendonce.errors import (
     CampaignInputError,
     CampaignNotFoundError,
+    CampaignStateError,
     ConfigError,
     ContactsError,
     MigrationError,
@@ -19,7 +20,9 @@ from sendonce.errors import (
 from sendonce.observability import logger
 
 # Exit codes: 0 done, 1 the operation failed, 2 bad input (argparse uses 2 as well).
-INPUT_ERRORS = (CampaignInputError, CampaignNotFoundError, ContactsError, ConfigError, MigrationError)
+INPUT_ERRORS = (
+    CampaignInputError, CampaignNotFoundError, CampaignStateError, ContactsError, ConfigError, MigrationError
+)
 
 
 def _cmd_migrate(args: argparse.Namespace) -> int:
@@ -76,6 +79,64 @@ def _cmd_campaign_enqueue(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_status(counters: dict) -> None:
+    reason = f" ({counters['pause_reason']})" if counters.get("pause_reason") else ""
+    print(f"campaign {counters['campaign_id']} {counters['name']!r}: {counters['status']}{reason}")
+    from sendonce.control import COUNTER_KEYS
+
+    print("  " + "  ".join(f"{k:>10}" for k in COUNTER_KEYS))
+    print("  " + "  ".join(f"{counters[k]:>10,}" for k in COUNTER_KEYS))
+
+
+def _cmd_campaign_status(args: argparse.Namespace) -> int:
+    from sendonce import control, db
+
+    counters = control.status(db.get_conn(), args.campaign_id)
+    if args.json:
+        print(json.dumps(counters))
+    else:
+        _print_status(counters)
+    return 0
+
+
+def _cmd_campaign_list(args: argparse.Namespace) -> int:
+    from sendonce import control, db
+
+    rows = control.list_campaigns(db.get_conn(), args.limit)
+    if args.json:
+        print(json.dumps(rows))
+        return 0
+    print(f"{'campaign':36}  {'status':9}  {'recipients':>10}  {'pending':>8}  {'sent':>8}  {'failed':>8}  name")
+    for r in rows:
+        print(
+            f"{r['campaign_id']:36}  {r['status']:9}  {r['recipients']:>10,}  {r['pending']:>8,}  {r['sent']:>8,}  "
+            f"{r['failed']:>8,}  {r['name']}"
+        )
+    return 0
+
+
+def _cmd_campaign_control(args: argparse.Namespace) -> int:
+    from sendonce import control, db
+
+    conn = db.get_conn()
+    action = args.action
+    if action == "pause":
+        result = control.pause(conn, args.campaign_id)
+    elif action == "resume":
+        result = control.resume(conn, args.campaign_id, _queue_url())
+    elif action == "cancel":
+        result = control.cancel(conn, args.campaign_id)
+    else:
+        result = control.retry_failed(conn, args.campaign_id, _queue_url())
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    extra = {k: result[k] for k in ("enqueued", "rows_cancelled", "rows_retried") if k in result}
+    print(f"{action}: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in extra.items()) if extra else f"{action}: done")
+    _print_status(result)
+    return 0
+
+
 def _cmd_local_run(args: argparse.Namespace) -> int:
     from sendonce.local import run
 
@@ -123,6 +184,27 @@ def build_parser() -> argparse.ArgumentParser:
     enqueue = campaign.add_parser("enqueue", help="re-enqueue a campaign's ready rows (harmless to repeat)")
     enqueue.add_argument("campaign_id")
     enqueue.set_defaults(func=_cmd_campaign_enqueue)
+
+    status = campaign.add_parser("status", help="a campaign's numbers (one definition for every view)")
+    status.add_argument("campaign_id")
+    status.add_argument("--json", action="store_true", help="print one JSON object")
+    status.set_defaults(func=_cmd_campaign_status)
+
+    listing = campaign.add_parser("list", help="the newest campaigns with their numbers")
+    listing.add_argument("--limit", type=int, default=50)
+    listing.add_argument("--json", action="store_true", help="print a JSON array")
+    listing.set_defaults(func=_cmd_campaign_list)
+
+    for action, text in (
+        ("pause", "stop sending; queued messages are acknowledged unsent and kept for resume"),
+        ("resume", "continue a paused campaign: re-enqueue its ready rows"),
+        ("cancel", "pending rows become cancelled; sends in flight finish and are counted"),
+        ("retry-failed", "failed rows back to ready and enqueued (not opted out, not 131049 < 24 h, no WAMID)"),
+    ):
+        control = campaign.add_parser(action, help=text)
+        control.add_argument("campaign_id")
+        control.add_argument("--json", action="store_true", help="print one JSON object")
+        control.set_defaults(func=_cmd_campaign_control)
 
     local = commands.add_parser("local", help="run sendonce on this machine").add_subparsers(
         dest="action", required=True

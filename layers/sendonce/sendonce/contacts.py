@@ -70,20 +70,46 @@ def read_csv(path: str | Path, default_region: str | None = None) -> ContactList
 def parse_csv(lines: Iterable[str], source: str = "contacts", default_region: str | None = None) -> ContactList:
     """Parse CSV text (an iterable of lines); see `read_csv`."""
     reader = csv.reader(lines)
+    phone_at, params_at = _header(reader, source)
+    return _collect(reader, phone_at, params_at, default_region, source)
+
+
+def check_header(lines: Iterable[str], source: str = "contacts") -> None:
+    """Raise `ContactsError` unless the first line is a usable header (a `phone` column, param1..paramN)."""
+    _header(csv.reader(lines), source)
+
+
+def _header(reader, source: str) -> tuple[int, list[int]]:
     header = next(reader, None)
     if header is None or not any(cell.strip() for cell in header):
         raise ContactsError(f"{source} is empty: expected a header row with a 'phone' column")
     columns = [cell.strip().lower() for cell in header]
     if "phone" not in columns:
         raise ContactsError(f"{source} has no 'phone' column (columns: {', '.join(columns) or 'none'})")
-    phone_at = columns.index("phone")
     params_at = sorted(
         (int(m.group(1)), i) for i, name in enumerate(columns) if (m := _PARAM_COLUMN.match(name))
     )
-    expected = list(range(1, len(params_at) + 1))
-    if [n for n, _ in params_at] != expected:
+    if [n for n, _ in params_at] != list(range(1, len(params_at) + 1)):
         raise ContactsError(f"{source}: parameter columns must be param1..paramN without gaps")
-    return _collect(reader, phone_at, [i for _, i in params_at], default_region, source)
+    return columns.index("phone"), [i for _, i in params_at]
+
+
+def from_records(records: object, default_region: str | None = None) -> ContactList:
+    """Read contacts given inline (the HTTP API): a list of "phone" strings or {"phone", "params"} objects."""
+    if not isinstance(records, list) or not records:
+        raise ContactsError("contacts must be a non-empty list")
+    result = ContactList()
+    seen: set[str] = set()
+    for number, record in enumerate(records, start=1):
+        record = {"phone": record} if isinstance(record, str) else record
+        params = record.get("params", []) if isinstance(record, dict) else None
+        if not isinstance(record, dict) or not isinstance(record.get("phone"), str):
+            result.invalid.append(InvalidRow(number, str(record)[:40], "expected a phone string or {'phone': ...}"))
+        elif not isinstance(params, list) or not all(isinstance(p, str) for p in params):
+            result.invalid.append(InvalidRow(number, record["phone"][:40], "params must be a list of strings"))
+        else:
+            _add(result, seen, number, record["phone"], tuple(params), default_region)
+    return result
 
 
 def _collect(reader, phone_at: int, params_at: list[int], default_region: str | None, source: str):

@@ -31,6 +31,10 @@ class CampaignNotFoundError(SendonceError):
     """No campaign has that id."""
 
 
+class CampaignStateError(SendonceError):
+    """The campaign is not in a state that allows this action (cancel a completed campaign, say)."""
+
+
 class EnqueueError(SendonceError):
     """Some rows could not be put on the send queue; they stay `ready` and `campaign enqueue` finishes the job."""
 

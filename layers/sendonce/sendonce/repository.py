@@ -11,7 +11,7 @@ import psycopg
 from psycopg.rows import dict_row
 
 from sendonce.db import drop_conn
-from sendonce.errors import DatabaseError
+from sendonce.errors import CampaignStateError, DatabaseError
 from sendonce.models import ClaimedRow, QueueMessage, SendResult
 
 INSERT_CAMPAIGN = """
@@ -26,10 +26,106 @@ SELECT_READY_IDS = "SELECT id FROM send_queue WHERE campaign_id = %(campaign_id)
 
 SELECT_CAMPAIGN_EXISTS = "SELECT status FROM campaigns WHERE id = %(campaign_id)s"
 
-SELECT_COUNTERS = """
-SELECT campaign_id, name, status, pause_reason, recipients, pending, sent, delivered, read, failed, cancelled
-FROM campaign_counters
-WHERE campaign_id = %(campaign_id)s
+COUNTER_COLUMNS = """
+campaign_id::text, name, status, pause_reason, recipients, pending, sent, delivered, read, failed, cancelled,
+created_at, completed_at
+"""
+
+SELECT_COUNTERS = f"SELECT {COUNTER_COLUMNS} FROM campaign_counters WHERE campaign_id = %(campaign_id)s"
+
+SELECT_CAMPAIGN_LIST = f"SELECT {COUNTER_COLUMNS} FROM campaign_counters ORDER BY created_at DESC LIMIT %(limit)s"
+
+# Each control statement changes the campaign only from the states it names and returns the state it found,
+# so a caller can tell "not found" from "not allowed now" in the same round trip.
+PAUSE_CAMPAIGN = """
+WITH found AS (SELECT id, status FROM campaigns WHERE id = %(campaign_id)s FOR UPDATE),
+changed AS (
+    UPDATE campaigns c SET status = 'paused', pause_reason = %(reason)s, updated_at = now()
+    FROM found f WHERE c.id = f.id AND f.status = 'running'
+    RETURNING c.id
+)
+SELECT f.status, (SELECT count(*) FROM changed)::integer FROM found f
+"""
+
+RESUME_CAMPAIGN = """
+WITH found AS (SELECT id, status FROM campaigns WHERE id = %(campaign_id)s FOR UPDATE),
+changed AS (
+    UPDATE campaigns c SET status = 'running', pause_reason = NULL, updated_at = now()
+    FROM found f WHERE c.id = f.id AND f.status = 'paused'
+    RETURNING c.id
+)
+SELECT f.status, (SELECT count(*) FROM changed)::integer FROM found f
+"""
+
+# Rows in flight (`processing`) are left to finish: their send may already be accepted, and it is counted.
+CANCEL_CAMPAIGN = """
+WITH found AS (SELECT id, status FROM campaigns WHERE id = %(campaign_id)s FOR UPDATE),
+changed AS (
+    UPDATE campaigns c SET status = 'cancelled', pause_reason = NULL, updated_at = now()
+    FROM found f WHERE c.id = f.id AND f.status IN ('running', 'paused', 'draft', 'scheduled')
+    RETURNING c.id
+),
+rows AS (
+    UPDATE send_queue q SET status = 'cancelled', last_error = 'campaign cancelled', updated_at = now()
+    FROM changed c WHERE q.campaign_id = c.id AND q.status = 'ready'
+    RETURNING q.id
+)
+SELECT f.status, (SELECT count(*) FROM rows)::integer FROM found f
+"""
+
+# Failed rows go back to `ready`, except: opted out (131050), hit the per-user marketing limit (131049)
+# less than 24 h ago (a resend fails again and counts against the business), or carrying a WAMID.
+# A completed campaign runs again; a paused one stays paused (resume sends the rows).
+RETRY_FAILED = """
+WITH found AS (SELECT id, status FROM campaigns WHERE id = %(campaign_id)s FOR UPDATE),
+changed AS (
+    UPDATE campaigns c
+    SET status = CASE WHEN f.status = 'completed' THEN 'running' ELSE f.status END,
+        completed_at = NULL, updated_at = now()
+    FROM found f WHERE c.id = f.id AND f.status IN ('running', 'paused', 'completed')
+    RETURNING c.id
+),
+rows AS (
+    UPDATE send_queue q
+    SET status = 'ready', claim_token = NULL, claimed_at = NULL, updated_at = now()
+    FROM changed c
+    WHERE q.campaign_id = c.id AND q.status = 'failed' AND q.whatsapp_message_id IS NULL
+      AND q.last_error_code IS DISTINCT FROM 131050
+      AND NOT (q.last_error_code = 131049 AND q.updated_at > now() - interval '24 hours')
+    RETURNING q.id
+)
+SELECT f.status, (SELECT count(*) FROM rows)::integer FROM found f
+"""
+
+# One statement writes the snapshot of every unfinished campaign (or of one) from the shared definition.
+# A running campaign with nothing pending is completed; a cancelled one gets its completed_at then. Finished
+# campaigns stay in scope for 7 days, while Meta may still report delivered/read for them.
+RECOMPUTE_COUNTERS = """
+UPDATE campaigns c
+SET total_recipients = v.recipients,
+    total_sent = v.sent,
+    total_failed = v.failed,
+    total_delivered = v.delivered,
+    total_read = v.read,
+    total_cancelled = v.cancelled,
+    status = CASE WHEN c.status = 'running' AND v.pending = 0 THEN 'completed' ELSE c.status END,
+    completed_at = CASE
+        WHEN c.completed_at IS NOT NULL THEN c.completed_at
+        WHEN c.status IN ('running', 'cancelled') AND v.pending = 0 THEN now()
+    END,
+    updated_at = now()
+FROM campaign_counters v
+WHERE v.campaign_id = c.id
+  AND CASE WHEN %(campaign_id)s::uuid IS NULL
+           THEN c.completed_at IS NULL OR c.completed_at > now() - interval '7 days'
+           ELSE c.id = %(campaign_id)s::uuid END
+RETURNING c.id::text, c.status
+"""
+
+SELECT_STORED_TOTALS = """
+SELECT total_recipients AS recipients, total_sent AS sent, total_delivered AS delivered, total_read AS read,
+       total_failed AS failed, total_cancelled AS cancelled, status
+FROM campaigns WHERE id = %(campaign_id)s
 """
 
 # One statement claims the whole batch. `target` reads the rows as they were; the UPDATE re-checks
@@ -86,15 +182,16 @@ halted AS (
     RETURNING c.id
 )
 UPDATE send_queue q
-SET status = r.status,
+-- A row released after its campaign was cancelled is cancelled, not left `ready` with nothing to send it.
+SET status = CASE WHEN r.status = 'ready' AND c.status = 'cancelled' THEN 'cancelled' ELSE r.status END,
     whatsapp_message_id = coalesce(r.wamid, q.whatsapp_message_id),
     actual_sent_at = CASE WHEN r.status = 'sent' THEN now() ELSE q.actual_sent_at END,
     last_error_code = r.code,
     last_error = r.error,
     claim_token = CASE WHEN r.status = 'processing' THEN q.claim_token END,
     updated_at = now()
-FROM result r
-WHERE q.id = r.id AND q.claim_token = %(token)s AND q.status = 'processing'
+FROM result r, campaigns c
+WHERE q.id = r.id AND c.id = q.campaign_id AND q.claim_token = %(token)s AND q.status = 'processing'
 RETURNING q.id
 """
 
@@ -184,7 +281,7 @@ def insert_campaign(conn: psycopg.Connection, fields: dict, rows: Iterable[tuple
                 for phone, params in rows:
                     copy.write_row((campaign_id, phone, list(params)))
     except psycopg.errors.UniqueViolation as exc:
-        raise DatabaseError(f"campaign {fields['id']} already exists") from exc
+        raise CampaignStateError(f"campaign {fields['id']} already exists") from exc
     except psycopg.Error as exc:
         raise _wrap(exc, "creating the campaign failed") from exc
 
@@ -217,3 +314,38 @@ def counters(conn: psycopg.Connection, campaign_id: str) -> dict | None:
             return cur.execute(SELECT_COUNTERS, {"campaign_id": campaign_id}).fetchone()
     except psycopg.Error as exc:
         raise _wrap(exc, "reading counters failed") from exc
+
+
+def campaign_list(conn: psycopg.Connection, limit: int = 50) -> list[dict]:
+    """The newest campaigns with their numbers, from `campaign_counters`."""
+    try:
+        with conn.cursor(row_factory=dict_row) as cur:
+            return cur.execute(SELECT_CAMPAIGN_LIST, {"limit": limit}).fetchall()
+    except psycopg.Error as exc:
+        raise _wrap(exc, "listing campaigns failed") from exc
+
+
+def change_campaign(conn: psycopg.Connection, statement: str, campaign_id: str, **params) -> tuple[str, int] | None:
+    """Run one of the control statements; return (status found, rows or campaigns changed), None if no campaign."""
+    try:
+        row = conn.execute(statement, {"campaign_id": campaign_id, **params}).fetchone()
+    except psycopg.Error as exc:
+        raise _wrap(exc, "changing the campaign failed") from exc
+    return (row[0], row[1]) if row else None
+
+
+def recompute_counters(conn: psycopg.Connection, campaign_id: str | None = None) -> list[tuple[str, str]]:
+    """Write campaigns.total_* from `campaign_counters` (all unfinished campaigns, or one); return (id, status)."""
+    try:
+        return conn.execute(RECOMPUTE_COUNTERS, {"campaign_id": campaign_id}).fetchall()
+    except psycopg.Error as exc:
+        raise _wrap(exc, "recomputing counters failed") from exc
+
+
+def stored_totals(conn: psycopg.Connection, campaign_id: str) -> dict | None:
+    """The campaigns.total_* snapshot as last written by `recompute_counters`."""
+    try:
+        with conn.cursor(row_factory=dict_row) as cur:
+            return cur.execute(SELECT_STORED_TOTALS, {"campaign_id": campaign_id}).fetchone()
+    except psycopg.Error as exc:
+        raise _wrap(exc, "reading the campaign failed") from exc

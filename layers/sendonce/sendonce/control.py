@@ -1,0 +1,97 @@
+"""Campaign control: status, list, pause, resume, cancel, retry-failed. The CLI and the HTTP API call these."""
+
+from __future__ import annotations
+
+import uuid
+
+import psycopg
+
+from sendonce import campaigns, repository
+from sendonce.errors import CampaignNotFoundError, CampaignStateError
+from sendonce.observability import logger
+
+COUNTER_KEYS = ("recipients", "pending", "sent", "delivered", "read", "failed", "cancelled")
+
+
+def _check_id(campaign_id: str) -> str:
+    try:
+        return str(uuid.UUID(campaign_id))
+    except (ValueError, AttributeError, TypeError):
+        raise CampaignNotFoundError(f"no campaign {campaign_id!r} (not a UUID)") from None
+
+
+def status(conn: psycopg.Connection, campaign_id: str) -> dict:
+    """The campaign's numbers from the one definition (`campaign_counters`).
+
+    Raises
+    ------
+    CampaignNotFoundError
+        No campaign has that id.
+    """
+    row = repository.counters(conn, _check_id(campaign_id))
+    if row is None:
+        raise CampaignNotFoundError(f"no campaign {campaign_id}")
+    return as_json(row)
+
+
+def as_json(row: dict) -> dict:
+    """A counters row as the contract's JSON: counters, status, pause reason, id, name, timestamps."""
+    return {
+        "campaign_id": row["campaign_id"],
+        "name": row["name"],
+        "status": row["status"],
+        "pause_reason": row["pause_reason"],
+        **{key: row[key] for key in COUNTER_KEYS},
+        "created_at": row["created_at"].isoformat(),
+        "completed_at": row["completed_at"].isoformat() if row["completed_at"] else None,
+    }
+
+
+def list_campaigns(conn: psycopg.Connection, limit: int = 50) -> list[dict]:
+    """The newest campaigns with their numbers."""
+    return [as_json(row) for row in repository.campaign_list(conn, limit)]
+
+
+def _change(conn: psycopg.Connection, statement: str, campaign_id: str, action: str, allowed: str, **params) -> int:
+    result = repository.change_campaign(conn, statement, _check_id(campaign_id), **params)
+    if result is None:
+        raise CampaignNotFoundError(f"no campaign {campaign_id}")
+    found, changed = result
+    if found not in allowed.split("|"):
+        raise CampaignStateError(f"cannot {action} campaign {campaign_id}: it is {found}")
+    logger.info(f"campaign {action}", campaign_id=campaign_id, previous_status=found, changed=changed)
+    return changed
+
+
+def pause(conn: psycopg.Connection, campaign_id: str, reason: str = "paused by operator") -> dict:
+    """Pause a running campaign (pausing a paused one is a no-op); the sender acknowledges its messages unsent."""
+    _change(conn, repository.PAUSE_CAMPAIGN, campaign_id, "pause", "running|paused", reason=reason)
+    return status(conn, campaign_id)
+
+
+def resume(conn: psycopg.Connection, campaign_id: str, queue_url: str) -> dict:
+    """Resume a paused (or running) campaign and enqueue its `ready` rows, which the pause left unsent."""
+    _change(conn, repository.RESUME_CAMPAIGN, campaign_id, "resume", "paused|running")
+    return {**status(conn, campaign_id), "enqueued": campaigns.enqueue_campaign(conn, campaign_id, queue_url)}
+
+
+def cancel(conn: psycopg.Connection, campaign_id: str) -> dict:
+    """Cancel: pending rows become `cancelled`; a send already in flight finishes and is counted."""
+    rows = _change(conn, repository.CANCEL_CAMPAIGN, campaign_id, "cancel", "running|paused|draft|scheduled|cancelled")
+    return {**status(conn, campaign_id), "rows_cancelled": rows}
+
+
+def retry_failed(conn: psycopg.Connection, campaign_id: str, queue_url: str) -> dict:
+    """Put the retryable failed rows back to `ready` and enqueue them.
+
+    Not retried: opted-out recipients (131050), the per-user marketing limit (131049) hit less than 24 h ago,
+    and any row with a WAMID.
+    """
+    rows = _change(conn, repository.RETRY_FAILED, campaign_id, "retry failed rows of", "running|paused|completed")
+    enqueued = campaigns.enqueue_campaign(conn, campaign_id, queue_url) if rows else 0
+    return {**status(conn, campaign_id), "rows_retried": rows, "enqueued": enqueued}
+
+
+def recompute(conn: psycopg.Connection, campaign_id: str | None = None) -> list[tuple[str, str]]:
+    """Write campaigns.total_* from the shared definition; completes running campaigns with nothing pending."""
+    return repository.recompute_counters(conn, _check_id(campaign_id) if campaign_id else None)
