@@ -85,8 +85,8 @@ def test_cancel_stops_pending_and_counts_sends_in_flight(make_campaign, graph, p
     numbers = [phone(i) for i in range(4)]
     campaign_id = make_campaign(*numbers)
     graph.latency = 1.0
-    in_flight = event_source.to_event(_receive(aws.send_queue_url, 2))
-    sender = threading.Thread(target=lambda: event_source.handler(in_flight, LocalContext("sender")))
+    in_flight = _receive(aws.send_queue_url, 2)
+    sender = threading.Thread(target=event_source.deliver, args=(in_flight,))
     sender.start()
     deadline = time.monotonic() + 10
     while sum(r["status"] == "processing" for r in queue_rows(pg_conn, campaign_id).values()) < 2:

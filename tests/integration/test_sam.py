@@ -74,14 +74,19 @@ def test_build_lays_out_layer_and_sender(tmp_path):
     assert (layer / "psycopg").is_dir(), sorted(p.name for p in layer.iterdir())
     assert (build_dir / "SenderFunction" / "app.py").is_file()
 
-    # And the handler imports on Python 3.12 from the layer plus what the Lambda runtime ships (boto3)
+    # And every handler imports on Python 3.12 from the layer plus what the Lambda runtime ships (boto3)
     runtime = _lambda_runtime_packages(tmp_path / "runtime")
-    path = os.pathsep.join([str(build_dir / "SenderFunction"), str(layer), str(runtime)])
-    probe = subprocess.run(
-        ["python3.12", "-I", "-c", "import sys; sys.path[:0] = sys.argv[1].split(':'); import app; print(app.lambda_handler)", path],
-        env=env, capture_output=True, text=True, timeout=60,
-    )
-    assert probe.returncode == 0, outcome(probe)
+    functions = sorted(p for p in build_dir.iterdir() if (p / "app.py").is_file())
+    assert {p.name for p in functions} >= {"SenderFunction", "CampaignsApiFunction"}
+    for function in functions:
+        path = os.pathsep.join([str(function), str(layer), str(runtime)])
+        probe = subprocess.run(
+            ["python3.12", "-I", "-c", IMPORT_HANDLER, path], env=env, capture_output=True, text=True, timeout=60
+        )
+        assert probe.returncode == 0, f"{function.name}: {outcome(probe)}"
+
+
+IMPORT_HANDLER = "import sys; sys.path[:0] = sys.argv[1].split(':'); import app; assert callable(app.lambda_handler)"
 
 
 def _lambda_runtime_packages(folder: Path) -> Path:

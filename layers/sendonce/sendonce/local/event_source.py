@@ -82,8 +82,13 @@ class SqsEventSource:
             AttributeNames=["All"],
             MessageAttributeNames=["All"],
         ).get("Messages", [])
-        if not messages:
-            return 0
+        if messages:
+            self.deliver(messages)
+        return len(messages)
+
+    def deliver(self, messages: list[dict]) -> None:
+        """Invoke the handler with received messages, then delete those that did not fail."""
+        sqs = get_sqs_client()
         event = self.to_event(messages)
         try:
             response = self.handler(event, LocalContext(self.function_name, self.function_timeout))
@@ -92,7 +97,7 @@ class SqsEventSource:
             with self._lock:
                 self.stats.invocations += 1
                 self.stats.errors += 1
-            return len(messages)
+            return
         done = [m for m in messages if m["MessageId"] not in failed]
         if done:
             sqs.delete_message_batch(
@@ -103,7 +108,6 @@ class SqsEventSource:
             self.stats.invocations += 1
             self.stats.records += len(messages)
             self.stats.failures += len(failed)
-        return len(messages)
 
     def queue_depth(self) -> int:
         """Visible + in flight + delayed messages on this source's queue."""
