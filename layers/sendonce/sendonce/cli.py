@@ -137,6 +137,35 @@ def _cmd_campaign_control(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_reset_stuck(args: argparse.Namespace) -> int:
+    from sendonce import db, recovery
+
+    print(json.dumps(recovery.reset_stuck(db.get_conn())))
+    return 0
+
+
+def _cmd_recompute(args: argparse.Namespace) -> int:
+    from sendonce import control, db
+
+    campaigns = control.recompute(db.get_conn())
+    print(f"recomputed {len(campaigns)} campaigns, {sum(s == 'completed' for _, s in campaigns)} completed")
+    return 0
+
+
+def _cmd_dlq_list(args: argparse.Namespace) -> int:
+    from sendonce import db, repository
+
+    letters = repository.dead_letters(db.get_conn(), args.limit)
+    if args.json:
+        print(json.dumps(letters, default=str))
+        return 0
+    print(f"{len(letters)} dead letters (newest first); failed rows are listed by `campaign status` and retried by "
+          "`campaign retry-failed`")
+    for letter in letters:
+        print(f"  {letter['received_at']:%Y-%m-%d %H:%M:%S}  {letter['message_id']}  {letter['reason']}: {letter['body'][:80]!r}")
+    return 0
+
+
 def _cmd_local_run(args: argparse.Namespace) -> int:
     from sendonce.local import run
 
@@ -205,6 +234,16 @@ def build_parser() -> argparse.ArgumentParser:
         control.add_argument("campaign_id")
         control.add_argument("--json", action="store_true", help="print one JSON object")
         control.set_defaults(func=_cmd_campaign_control)
+
+    maintenance = commands.add_parser("reset-stuck", help="run reset_stuck once (AMBIGUOUS_POLICY, STUCK_AFTER_SECONDS)")
+    maintenance.set_defaults(func=_cmd_reset_stuck)
+    commands.add_parser("recompute", help="run recompute_counters once").set_defaults(func=_cmd_recompute)
+
+    dlq = commands.add_parser("dlq", help="messages whose retries ran out").add_subparsers(dest="action", required=True)
+    dlq_list = dlq.add_parser("list", help="dead letters: DLQ messages that named no row or could not be read")
+    dlq_list.add_argument("--limit", type=int, default=50)
+    dlq_list.add_argument("--json", action="store_true", help="print a JSON array")
+    dlq_list.set_defaults(func=_cmd_dlq_list)
 
     local = commands.add_parser("local", help="run sendonce on this machine").add_subparsers(
         dest="action", required=True

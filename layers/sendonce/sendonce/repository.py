@@ -122,6 +122,60 @@ WHERE v.campaign_id = c.id
 RETURNING c.id::text, c.status
 """
 
+# Stuck rows: `processing` for longer than STUCK_AFTER_SECONDS with no WAMID (a webhook that resolved a row
+# stored its WAMID and made it `sent`). SKIP LOCKED and the re-checked status make two concurrent runs reset each
+# row once. A cancelled campaign's stuck rows become `cancelled` whatever the policy.
+RESET_STUCK = """
+WITH stuck AS (
+    SELECT q.id
+    FROM send_queue q
+    WHERE q.status = 'processing' AND q.whatsapp_message_id IS NULL
+      AND q.claimed_at < now() - make_interval(secs => %(stuck_after)s)
+    ORDER BY q.claimed_at
+    LIMIT %(limit)s
+    FOR UPDATE OF q SKIP LOCKED
+)
+UPDATE send_queue q
+SET status = CASE WHEN c.status = 'cancelled' THEN 'cancelled'
+                  WHEN %(policy)s = 'fail' THEN 'failed' ELSE 'ready' END,
+    last_error = CASE WHEN c.status = 'cancelled' THEN 'campaign cancelled'
+                      WHEN %(policy)s = 'fail' THEN 'unconfirmed' ELSE q.last_error END,
+    claim_token = NULL,
+    claimed_at = NULL,
+    updated_at = now()
+FROM stuck s, campaigns c
+WHERE q.id = s.id AND c.id = q.campaign_id AND q.status = 'processing' AND q.whatsapp_message_id IS NULL
+RETURNING q.id, q.campaign_id::text, q.status
+"""
+
+# Messages whose retries ran out: a row still `ready` (every attempt was released as transient) becomes
+# `failed`, so the campaign can finish. Rows in any other state were settled elsewhere and are left alone.
+FAIL_EXHAUSTED_ROWS = """
+UPDATE send_queue q
+SET status = 'failed',
+    last_error = 'retries_exhausted' || coalesce(': ' || q.last_error, ''),
+    updated_at = now()
+FROM unnest(%(ids)s::bigint[], %(campaign_ids)s::uuid[]) AS m (id, campaign_id)
+WHERE q.id = m.id AND q.campaign_id = m.campaign_id AND q.status = 'ready'
+RETURNING q.id
+"""
+
+SELECT_EXISTING_ROWS = """
+SELECT q.id FROM send_queue q
+JOIN unnest(%(ids)s::bigint[], %(campaign_ids)s::uuid[]) AS m (id, campaign_id)
+  ON q.id = m.id AND q.campaign_id = m.campaign_id
+"""
+
+INSERT_DEAD_LETTERS = """
+INSERT INTO dead_letters (message_id, body, attributes, reason)
+SELECT * FROM unnest(%(message_ids)s::text[], %(bodies)s::text[], %(attributes)s::jsonb[], %(reasons)s::text[])
+ON CONFLICT (message_id) DO NOTHING
+"""
+
+SELECT_DEAD_LETTERS = """
+SELECT id, message_id, body, attributes, reason, received_at FROM dead_letters ORDER BY id DESC LIMIT %(limit)s
+"""
+
 SELECT_STORED_TOTALS = """
 SELECT total_recipients AS recipients, total_sent AS sent, total_delivered AS delivered, total_read AS read,
        total_failed AS failed, total_cancelled AS cancelled, status
@@ -349,3 +403,54 @@ def stored_totals(conn: psycopg.Connection, campaign_id: str) -> dict | None:
             return cur.execute(SELECT_STORED_TOTALS, {"campaign_id": campaign_id}).fetchone()
     except psycopg.Error as exc:
         raise _wrap(exc, "reading the campaign failed") from exc
+
+
+def reset_stuck(conn: psycopg.Connection, stuck_after: int, policy: str, limit: int) -> list[tuple[int, str, str]]:
+    """Reset stuck rows in the current transaction; return (id, campaign_id, new status) for each."""
+    try:
+        return conn.execute(
+            RESET_STUCK, {"stuck_after": stuck_after, "policy": policy, "limit": limit}
+        ).fetchall()
+    except psycopg.Error as exc:
+        raise _wrap(exc, "resetting stuck rows failed") from exc
+
+
+def settle_dead_letters(conn: psycopg.Connection, exhausted: list[dict], unusable: list[dict]) -> set[int]:
+    """Fail the `ready` rows of exhausted messages; keep unusable ones and those naming no row in dead_letters.
+
+    Both lists hold {message_id, body, attributes} dicts; `exhausted` ones also a parsed `message` and
+    `unusable` ones a `reason`. One transaction; returns the ids of the rows failed now.
+    """
+    ids = {
+        "ids": [d["message"].queue_id for d in exhausted],
+        "campaign_ids": [d["message"].campaign_id for d in exhausted],
+    }
+    try:
+        with conn.transaction():
+            failed = {row[0] for row in conn.execute(FAIL_EXHAUSTED_ROWS, ids)}
+            existing = {row[0] for row in conn.execute(SELECT_EXISTING_ROWS, ids)}
+            letters = unusable + [
+                {**d, "reason": "no such row"} for d in exhausted if d["message"].queue_id not in existing
+            ]
+            if letters:
+                conn.execute(
+                    INSERT_DEAD_LETTERS,
+                    {
+                        "message_ids": [d["message_id"] for d in letters],
+                        "bodies": [d["body"] for d in letters],
+                        "attributes": [json.dumps(d["attributes"]) for d in letters],
+                        "reasons": [d["reason"] for d in letters],
+                    },
+                )
+    except psycopg.Error as exc:
+        raise _wrap(exc, "settling dead letters failed") from exc
+    return failed
+
+
+def dead_letters(conn: psycopg.Connection, limit: int = 50) -> list[dict]:
+    """The newest dead letters."""
+    try:
+        with conn.cursor(row_factory=dict_row) as cur:
+            return cur.execute(SELECT_DEAD_LETTERS, {"limit": limit}).fetchall()
+    except psycopg.Error as exc:
+        raise _wrap(exc, "reading dead letters failed") from exc

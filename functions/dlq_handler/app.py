@@ -1,0 +1,19 @@
+"""dlq_handler Lambda (the DLQ's event source): exhausted messages fail their rows; the rest are kept."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from sendonce import recovery
+from sendonce.db import get_conn
+from sendonce.observability import logger, tracer
+
+if TYPE_CHECKING:
+    from aws_lambda_powertools.utilities.typing import LambdaContext
+
+
+@logger.inject_lambda_context
+@tracer.capture_lambda_handler(capture_response=False)
+def lambda_handler(event: dict, context: LambdaContext) -> dict:
+    # All or nothing: the batch is settled in one transaction, and a failure leaves every message on the DLQ.
+    return recovery.settle_dead_letters(get_conn(), event.get("Records") or [])

@@ -1,0 +1,18 @@
+"""reset_stuck Lambda (EventBridge Scheduler): stuck `processing` rows follow AMBIGUOUS_POLICY."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from sendonce import recovery
+from sendonce.db import get_conn
+from sendonce.observability import logger, tracer
+
+if TYPE_CHECKING:
+    from aws_lambda_powertools.utilities.typing import LambdaContext
+
+
+@logger.inject_lambda_context
+@tracer.capture_lambda_handler(capture_response=False)
+def lambda_handler(event: dict, context: LambdaContext) -> dict:
+    return recovery.reset_stuck(get_conn())

@@ -1,0 +1,70 @@
+"""Recovery jobs: reset stuck rows, and account for every message whose retries ran out (the DLQ)."""
+
+from __future__ import annotations
+
+import uuid
+
+import psycopg
+
+from sendonce import repository, sqs
+from sendonce.config import get_settings, require
+from sendonce.errors import MalformedMessageError
+from sendonce.models import QueueMessage
+from sendonce.observability import logger
+
+RESET_LIMIT = 10_000  # rows per run; the next run takes the rest
+
+
+def reset_stuck(conn: psycopg.Connection, queue_url: str | None = None) -> dict:
+    """Apply AMBIGUOUS_POLICY to rows stuck in `processing` longer than STUCK_AFTER_SECONDS.
+
+    `resend` puts them back to `ready` and enqueues them again; `fail` marks them `failed` (reason
+    `unconfirmed`). The rows are reset and enqueued inside one transaction: if enqueueing fails the reset is
+    rolled back and the next run tries again, so a reset row never waits without a message. A sender that
+    receives one of the messages before the commit waits on the row lock, then sees it `ready`.
+
+    Returns
+    -------
+    dict
+        {"reset": n, "failed": n, "cancelled": n, "enqueued": n}
+    """
+    settings = get_settings()
+    queue_url = queue_url or require(settings.send_queue_url, "SEND_QUEUE_URL")
+    with conn.transaction():
+        rows = repository.reset_stuck(conn, settings.stuck_after_seconds, settings.ambiguous_policy, RESET_LIMIT)
+        enqueue_id = uuid.uuid4().hex
+        ready = [QueueMessage(row_id, campaign_id, enqueue_id) for row_id, campaign_id, status in rows if status == "ready"]
+        enqueued = sqs.send_messages(queue_url, ready) if ready else 0
+    counts = {status: sum(1 for row in rows if row[2] == status) for status in ("ready", "failed", "cancelled")}
+    logger.info(
+        f"Reset {counts['ready']} stuck 'processing' entries to 'ready'",
+        policy=settings.ambiguous_policy,
+        failed=counts["failed"],
+        cancelled=counts["cancelled"],
+        enqueued=enqueued,
+    )
+    return {"reset": counts["ready"], "failed": counts["failed"], "cancelled": counts["cancelled"], "enqueued": enqueued}
+
+
+def settle_dead_letters(conn: psycopg.Connection, records: list[dict]) -> dict:
+    """Account for DLQ messages (raw SQS records): fail their `ready` rows, keep the rest in dead_letters.
+
+    Returns
+    -------
+    dict
+        {"records": n, "failed": rows failed now, "unusable": bodies that are not the contract's}
+    """
+    exhausted, unusable = [], []
+    for record in records:
+        letter = {
+            "message_id": record["messageId"],
+            "body": record.get("body") or "",
+            "attributes": record.get("attributes") or {},
+        }
+        try:
+            exhausted.append({**letter, "message": QueueMessage.parse(letter["body"], record["messageId"])})
+        except MalformedMessageError as exc:
+            unusable.append({**letter, "reason": str(exc)})
+    failed = repository.settle_dead_letters(conn, exhausted, unusable)
+    logger.info("dead letters settled", records=len(records), rows_failed=len(failed), unusable=len(unusable))
+    return {"records": len(records), "failed": len(failed), "unusable": len(unusable)}

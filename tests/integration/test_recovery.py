@@ -1,0 +1,162 @@
+"""Recovery jobs end to end: reset_stuck, recompute_counters and dlq_handler, invoked with their events/ files."""
+
+from __future__ import annotations
+
+import threading
+
+from sendonce import control
+from sendonce.cli import main
+from sendonce.local.event_source import queue_depth
+from sendonce.local.lambda_runtime import LocalContext, load_handler
+from tests.helpers import load_event, phone, queue_rows
+
+FILE_CAMPAIGN_ID = "4d46271f-f3b4-4f5b-a2c7-6dbad447a845"
+
+
+def _invoke(function: str, event_file: str) -> dict:
+    return load_handler(function)(load_event(event_file), LocalContext(function))
+
+
+def _age_claims(pg_conn, seconds: int) -> None:
+    pg_conn.execute(
+        "UPDATE send_queue SET claimed_at = now() - make_interval(secs => %s) WHERE status = 'processing'", (seconds,)
+    )
+
+
+def test_reset_stuck_resend_waits_then_reenqueues_once(make_campaign, graph, pg_conn, event_source, monkeypatch):
+    # Given a send whose answer was lost after Meta accepted it: the row is left processing
+    graph.plan(phone(1), "drop")
+    campaign_id = make_campaign(phone(1), phone(2))
+    event_source.run_until_empty(timeout=60)
+    assert queue_rows(pg_conn, campaign_id)[phone(1)]["status"] == "processing"
+
+    # When reset_stuck runs before STUCK_AFTER_SECONDS (600 by default) has passed
+    assert _invoke("reset_stuck", "reset_stuck_schedule.json")["reset"] == 0
+
+    # Then the row is left alone
+    assert queue_rows(pg_conn, campaign_id)[phone(1)]["status"] == "processing"
+
+    # When it has been stuck for longer, under the default policy (resend)
+    _age_claims(pg_conn, 601)
+    result = _invoke("reset_stuck", "reset_stuck_schedule.json")
+    event_source.run_until_empty(timeout=60)
+
+    # Then it was re-enqueued and sent once more (the resend policy accepts that risk), and nothing else
+    assert result == {"reset": 1, "failed": 0, "cancelled": 0, "enqueued": 1}
+    assert graph.accepted == {phone(1): 2, phone(2): 1}
+    assert queue_rows(pg_conn, campaign_id)[phone(1)]["status"] == "sent"
+
+
+def test_reset_stuck_fail_policy_marks_unconfirmed_and_sends_nothing(
+    make_campaign, graph, pg_conn, event_source, monkeypatch
+):
+    # Given a stuck row and AMBIGUOUS_POLICY=fail (at most once)
+    monkeypatch.setenv("AMBIGUOUS_POLICY", "fail")
+    graph.plan(phone(1), "drop")
+    campaign_id = make_campaign(phone(1))
+    event_source.run_until_empty(timeout=60)
+    _age_claims(pg_conn, 601)
+
+    # When reset_stuck runs
+    result = _invoke("reset_stuck", "reset_stuck_schedule.json")
+    event_source.run_until_empty(timeout=60)
+
+    # Then the row is failed as unconfirmed and was not sent again
+    assert result["failed"] == 1 and result["enqueued"] == 0
+    row = queue_rows(pg_conn, campaign_id)[phone(1)]
+    assert (row["status"], row["last_error"]) == ("failed", "unconfirmed")
+    assert graph.accepted == {phone(1): 1}
+
+
+def test_reset_stuck_two_runs_at_once_reset_each_row_once(make_campaign, graph, pg_conn, event_source, aws):
+    # Given eight stuck rows
+    numbers = [phone(i) for i in range(8)]
+    for number in numbers:
+        graph.plan(number, "drop")
+    campaign_id = make_campaign(*numbers)
+    event_source.run_until_empty(timeout=60)
+    _age_claims(pg_conn, 601)
+
+    # When two reset_stuck invocations run at the same moment
+    results: list[dict] = []
+    barrier = threading.Barrier(2)
+
+    def run() -> None:
+        barrier.wait()
+        results.append(_invoke("reset_stuck", "reset_stuck_schedule.json"))
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    # Then each row was reset and enqueued exactly once between them
+    assert sum(r["reset"] for r in results) == 8 and sum(r["enqueued"] for r in results) == 8
+    assert queue_depth(aws.send_queue_url) == 8
+    event_source.run_until_empty(timeout=60)
+    assert graph.accepted == {n: 2 for n in numbers}
+    assert {r["status"] for r in queue_rows(pg_conn, campaign_id).values()} == {"sent"}
+
+
+def test_always_transient_row_ends_in_dlq_then_failed_with_reason(make_campaign, graph, pg_conn, event_source, aws):
+    # Given a recipient for whom Meta always answers 131000 (transient)
+    graph.plan(phone(1), *["error:131000"] * 10)
+    campaign_id = make_campaign(phone(1), phone(2))
+
+    # When the queue is drained: five receives, then SQS moves the message to the DLQ
+    event_source.run_until_empty(timeout=90)
+    assert queue_depth(aws.dlq_url) == 1
+    assert queue_rows(pg_conn, campaign_id)[phone(1)]["status"] == "ready"
+
+    # When the DLQ is fed to dlq_handler the way its event source would
+    from sendonce.local.event_source import SqsEventSource
+
+    SqsEventSource(aws.dlq_url, load_handler("dlq_handler"), function_name="dlq_handler").run_until_empty(timeout=30)
+
+    # Then the row is failed with the reason and the last error, and the campaign can finish
+    row = queue_rows(pg_conn, campaign_id)[phone(1)]
+    assert row["status"] == "failed"
+    assert row["last_error"].startswith("retries_exhausted: HTTP 500") and row["last_error_code"] == 131000
+    assert queue_depth(aws.dlq_url) == 0
+    control.recompute(pg_conn)
+    assert control.status(pg_conn, campaign_id)["status"] == "completed"
+
+
+def test_dlq_event_file_fails_row_and_keeps_unparseable_message(make_campaign, graph, pg_conn, capsys):
+    # Given the campaign events/dlq_handler_sqs.json names (row 1), still ready
+    campaign_id = make_campaign(phone(1), phone(2), campaign_id=FILE_CAMPAIGN_ID)
+
+    # When the DLQ event file is invoked: one message for row 1, one unparseable body
+    result = _invoke("dlq_handler", "dlq_handler_sqs.json")
+
+    # Then row 1 is failed, and the broken message is kept in dead_letters and listed by the CLI
+    assert result == {"records": 2, "failed": 1, "unusable": 1}
+    assert queue_rows(pg_conn, campaign_id)[phone(1)]["status"] == "failed"
+    assert main(["dlq", "list"]) == 0
+    assert "{not json" in capsys.readouterr().out
+
+    # And a redelivery of the same batch changes nothing and stores nothing twice
+    assert _invoke("dlq_handler", "dlq_handler_sqs.json")["failed"] == 0
+    assert pg_conn.execute("SELECT count(*) FROM dead_letters").fetchone()[0] == 1
+
+
+def test_recompute_counters_equal_the_truth_in_fake_graph(make_campaign, graph, pg_conn, event_source):
+    # Given a campaign with permanent failures, transient retries and one lost answer
+    graph.plan(phone(1), "error:131026")
+    graph.plan(phone(2), "error:131000", "http:502")
+    graph.plan(phone(3), "drop")
+    numbers = [phone(i) for i in range(1, 9)]
+    campaign_id = make_campaign(*numbers)
+    event_source.run_until_empty(timeout=60)
+
+    # When the scheduled recompute runs
+    _invoke("recompute_counters", "recompute_counters_schedule.json")
+
+    # Then the stored counters are what the fake Graph accepted and refused
+    totals = pg_conn.execute(
+        "SELECT total_recipients, total_sent, total_failed, status FROM campaigns WHERE id = %s", (campaign_id,)
+    ).fetchone()
+    accepted_with_wamid = sum(graph.accepted.values()) - 1  # the dropped answer is pending, not sent
+    assert totals == (8, accepted_with_wamid, 1, "running")
+    assert accepted_with_wamid == 6 and not graph.duplicates()
