@@ -160,3 +160,24 @@ def test_recompute_counters_equal_the_truth_in_fake_graph(make_campaign, graph, 
     accepted_with_wamid = sum(graph.accepted.values()) - 1  # the dropped answer is pending, not sent
     assert totals == (8, accepted_with_wamid, 1, "running")
     assert accepted_with_wamid == 6 and not graph.duplicates()
+
+
+def test_dlq_redrive_moves_messages_back_and_they_send_once(make_campaign, graph, pg_conn, event_source, aws, capsys):
+    # Given a campaign whose message sits on the DLQ (dlq_handler could not settle it)
+    from sendonce.sqs import get_sqs_client
+
+    campaign_id = make_campaign(phone(1))
+    sqs = get_sqs_client()
+    message = sqs.receive_message(QueueUrl=aws.send_queue_url, VisibilityTimeout=60)["Messages"][0]
+    sqs.send_message(QueueUrl=aws.dlq_url, MessageBody=message["Body"])
+    sqs.delete_message(QueueUrl=aws.send_queue_url, ReceiptHandle=message["ReceiptHandle"])
+
+    # When the operator redrives the DLQ and the queue is drained
+    assert main(["dlq", "redrive"]) == 0
+    event_source.run_until_empty(timeout=60)
+
+    # Then the DLQ is empty and the row was sent once
+    assert "moved 1 messages" in capsys.readouterr().out
+    assert queue_depth(aws.dlq_url) == 0
+    assert graph.accepted == {phone(1): 1}
+    assert queue_rows(pg_conn, campaign_id)[phone(1)]["status"] == "sent"

@@ -166,6 +166,15 @@ def _cmd_dlq_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_dlq_redrive(args: argparse.Namespace) -> int:
+    from sendonce import recovery
+    from sendonce.config import get_settings, require
+
+    moved = recovery.redrive(require(get_settings().dlq_url, "DLQ_URL"), _queue_url())
+    print(f"moved {moved} messages from the DLQ back to the send queue")
+    return 0
+
+
 def _cmd_local_run(args: argparse.Namespace) -> int:
     from sendonce.local import run
 
@@ -244,6 +253,9 @@ def build_parser() -> argparse.ArgumentParser:
     dlq_list.add_argument("--limit", type=int, default=50)
     dlq_list.add_argument("--json", action="store_true", help="print a JSON array")
     dlq_list.set_defaults(func=_cmd_dlq_list)
+    dlq.add_parser("redrive", help="move messages waiting on the DLQ back to the send queue").set_defaults(
+        func=_cmd_dlq_redrive
+    )
 
     local = commands.add_parser("local", help="run sendonce on this machine").add_subparsers(
         dest="action", required=True

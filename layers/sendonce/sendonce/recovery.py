@@ -8,7 +8,7 @@ import psycopg
 
 from sendonce import repository, sqs
 from sendonce.config import get_settings, require
-from sendonce.errors import MalformedMessageError
+from sendonce.errors import EnqueueError, MalformedMessageError
 from sendonce.models import QueueMessage
 from sendonce.observability import logger
 
@@ -68,3 +68,29 @@ def settle_dead_letters(conn: psycopg.Connection, records: list[dict]) -> dict:
     failed = repository.settle_dead_letters(conn, exhausted, unusable)
     logger.info("dead letters settled", records=len(records), rows_failed=len(failed), unusable=len(unusable))
     return {"records": len(records), "failed": len(failed), "unusable": len(unusable)}
+
+
+def redrive(dlq_url: str, queue_url: str) -> int:
+    """Move every message waiting on the DLQ back to the send queue; return how many moved.
+
+    For messages dlq_handler could not settle (the DLQ alarm): once the cause is fixed, they get another
+    round of receives. A message is deleted from the DLQ only after the send queue took it.
+    """
+    client = sqs.get_sqs_client()
+    moved = 0
+    while messages := client.receive_message(QueueUrl=dlq_url, MaxNumberOfMessages=10, VisibilityTimeout=60).get(
+        "Messages", []
+    ):
+        answer = client.send_message_batch(
+            QueueUrl=queue_url, Entries=[{"Id": str(i), "MessageBody": m["Body"]} for i, m in enumerate(messages)]
+        )
+        taken = [messages[int(entry["Id"])] for entry in answer.get("Successful", [])]
+        if taken:
+            client.delete_message_batch(
+                QueueUrl=dlq_url, Entries=[{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(taken)]
+            )
+        moved += len(taken)
+        if len(taken) < len(messages):
+            raise EnqueueError(f"the send queue refused {len(messages) - len(taken)} messages; {moved} moved so far")
+    logger.info("dlq redriven", moved=moved)
+    return moved
