@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-import threading
+import json
+import os
+import subprocess
+import sys
 
 from sendonce import control
 from sendonce.cli import main
@@ -68,6 +71,14 @@ def test_reset_stuck_fail_policy_marks_unconfirmed_and_sends_nothing(
     assert graph.accepted == {phone(1): 1}
 
 
+RESET_CHILD = """
+import json, sys
+from sendonce.local.lambda_runtime import invoke
+from tests.helpers import load_event
+print(json.dumps(invoke("reset_stuck", load_event("reset_stuck_schedule.json"))))
+"""
+
+
 def test_reset_stuck_two_runs_at_once_reset_each_row_once(make_campaign, graph, pg_conn, event_source, aws):
     # Given eight stuck rows
     numbers = [phone(i) for i in range(8)]
@@ -77,19 +88,12 @@ def test_reset_stuck_two_runs_at_once_reset_each_row_once(make_campaign, graph, 
     event_source.run_until_empty(timeout=60)
     _age_claims(pg_conn, 601)
 
-    # When two reset_stuck invocations run at the same moment
-    results: list[dict] = []
-    barrier = threading.Barrier(2)
-
-    def run() -> None:
-        barrier.wait()
-        results.append(_invoke("reset_stuck", "reset_stuck_schedule.json"))
-
-    threads = [threading.Thread(target=run) for _ in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    # When two reset_stuck invocations run at the same moment, each in its own process (two Lambda environments)
+    runs = [
+        subprocess.Popen([sys.executable, "-c", RESET_CHILD], env=dict(os.environ), stdout=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    results = [json.loads(run.communicate(timeout=60)[0].strip().splitlines()[-1]) for run in runs]
 
     # Then each row was reset and enqueued exactly once between them
     assert sum(r["reset"] for r in results) == 8 and sum(r["enqueued"] for r in results) == 8

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import uuid
+from functools import lru_cache
 from http import HTTPStatus
 
 import boto3
@@ -164,9 +165,15 @@ def _job_campaign(new: campaigns.NewCampaign) -> dict:
     }
 
 
+@lru_cache(maxsize=1)
+def get_lambda_client():
+    """The Lambda client (endpoint from AWS_ENDPOINT_URL_LAMBDA / AWS_ENDPOINT_URL when set)."""
+    return boto3.client("lambda")
+
+
 def _start_job(job: dict) -> None:
     """Invoke this function asynchronously with the job (Lambda retries it twice on failure)."""
-    boto3.client("lambda").invoke(
+    get_lambda_client().invoke(
         FunctionName=require(os.environ.get("AWS_LAMBDA_FUNCTION_NAME"), "AWS_LAMBDA_FUNCTION_NAME"),
         InvocationType="Event",
         Payload=json.dumps({JOB_KEY: "create_campaign", **job}).encode(),
