@@ -31,6 +31,10 @@ class Settings:
     # None behind a pooler that does not support prepared statements (RDS Proxy in transaction mode, PgBouncer).
     pg_prepare_threshold: int | None
 
+    def webhook_secret(self) -> str:
+        """The app secret that signs webhook POSTs (resolved from Secrets Manager when an ARN); '' if unset."""
+        return resolve_secret(self.whatsapp_app_secret) if self.whatsapp_app_secret else ""
+
 
 def _int(name: str, default: int, minimum: int = 0) -> int:
     raw = os.environ.get(name, "").strip()

@@ -22,6 +22,14 @@ VALUES (%(id)s, %(name)s, %(template_name)s, %(language_code)s, %(phone_number_i
 
 COPY_ROWS = "COPY send_queue (campaign_id, phone_number, params) FROM STDIN"
 
+# Numbers that opted out are counted as cancelled from the start and never enqueued.
+CANCEL_SUPPRESSED = """
+UPDATE send_queue q
+SET status = 'cancelled', last_error = 'suppressed: ' || s.reason
+FROM suppressions s
+WHERE q.campaign_id = %(campaign_id)s AND s.phone_number = q.phone_number AND q.status = 'ready'
+"""
+
 SELECT_READY_IDS = "SELECT id FROM send_queue WHERE campaign_id = %(campaign_id)s AND status = 'ready' ORDER BY id"
 
 SELECT_CAMPAIGN_EXISTS = "SELECT status FROM campaigns WHERE id = %(campaign_id)s"
@@ -176,6 +184,67 @@ SELECT_DEAD_LETTERS = """
 SELECT id, message_id, body, attributes, reason, received_at FROM dead_letters ORDER BY id DESC LIMIT %(limit)s
 """
 
+# Webhook statuses, in a constant number of statements however many a POST holds (Meta batches up to 1,000).
+# 1. Keep every status, once (Meta retries and duplicates deliveries), known WAMID or not.
+INSERT_STATUSES = """
+INSERT INTO message_statuses
+    (whatsapp_message_id, status, occurred_at, queue_id, recipient_id, error_code, error_title)
+SELECT * FROM unnest(%(wamids)s::text[], %(statuses)s::text[], %(occurred)s::timestamptz[], %(queue_ids)s::bigint[],
+                     %(recipients)s::text[], %(codes)s::integer[], %(titles)s::text[])
+ON CONFLICT ON CONSTRAINT message_statuses_once DO NOTHING
+"""
+
+# 2. Reconcile the ambiguous window: a status naming (by biz_opaque_callback_data) a row that has no WAMID
+# proves Meta accepted that row's send. Store the WAMID and mark it sent; a row reset to `ready` (not resent
+# yet) or failed as `unconfirmed` is settled too, so reset_stuck never sends it again.
+RECONCILE_ROWS = """
+UPDATE send_queue q
+SET status = 'sent', whatsapp_message_id = s.wamid, actual_sent_at = coalesce(q.actual_sent_at, s.occurred_at),
+    claim_token = NULL, last_error = NULL, last_error_code = NULL, updated_at = now()
+FROM (
+    SELECT DISTINCT ON (queue_id) queue_id, wamid, occurred_at
+    FROM unnest(%(queue_ids)s::bigint[], %(wamids)s::text[], %(occurred)s::timestamptz[]) AS u (queue_id, wamid, occurred_at)
+    WHERE queue_id IS NOT NULL
+    ORDER BY queue_id, occurred_at
+) s
+WHERE q.id = s.queue_id AND q.whatsapp_message_id IS NULL
+  AND (q.status IN ('processing', 'ready') OR (q.status = 'failed' AND q.last_error = 'unconfirmed'))
+  AND NOT EXISTS (SELECT 1 FROM send_queue o WHERE o.whatsapp_message_id = s.wamid)
+RETURNING q.id
+"""
+
+# 3. Delivery states only move forward: delivered < failed < read (a read message was delivered, whatever
+# came late). Each row takes the furthest state of this POST, and only if it is further than its own.
+APPLY_DELIVERY = """
+UPDATE send_queue q
+SET delivery_status = s.status,
+    delivery_error_code = CASE WHEN s.status = 'failed' THEN s.code ELSE q.delivery_error_code END,
+    delivery_updated_at = now(),
+    updated_at = now()
+FROM (
+    SELECT DISTINCT ON (wamid) wamid, status, code,
+           CASE status WHEN 'delivered' THEN 1 WHEN 'failed' THEN 2 WHEN 'read' THEN 3 END AS rank
+    FROM unnest(%(wamids)s::text[], %(statuses)s::text[], %(codes)s::integer[]) AS u (wamid, status, code)
+    WHERE status IN ('delivered', 'read', 'failed')
+    ORDER BY wamid, CASE status WHEN 'delivered' THEN 1 WHEN 'failed' THEN 2 WHEN 'read' THEN 3 END DESC
+) s
+WHERE q.whatsapp_message_id = s.wamid
+  AND s.rank > CASE q.delivery_status WHEN 'delivered' THEN 1 WHEN 'failed' THEN 2 WHEN 'read' THEN 3 ELSE 0 END
+"""
+
+# 4. 131050: the user stopped marketing messages. Suppress the number; its pending rows are cancelled.
+SUPPRESS_NUMBERS = """
+WITH added AS (
+    INSERT INTO suppressions (phone_number, reason)
+    SELECT DISTINCT phone, 'opted out (131050)' FROM unnest(%(phones)s::text[]) AS u (phone)
+    ON CONFLICT (phone_number) DO NOTHING
+    RETURNING phone_number
+)
+UPDATE send_queue q
+SET status = 'cancelled', last_error = 'suppressed: opted out (131050)', updated_at = now()
+WHERE q.phone_number = ANY(%(phones)s::text[]) AND q.status = 'ready'
+"""
+
 SELECT_STORED_TOTALS = """
 SELECT total_recipients AS recipients, total_sent AS sent, total_delivered AS delivered, total_read AS read,
        total_failed AS failed, total_cancelled AS cancelled, status
@@ -189,7 +258,8 @@ WITH requested AS (
     SELECT * FROM unnest(%(ids)s::bigint[], %(campaign_ids)s::uuid[]) AS r (id, campaign_id)
 ),
 target AS (
-    SELECT q.id, q.status, q.whatsapp_message_id, c.status AS campaign_status
+    SELECT q.id, q.status, q.whatsapp_message_id, c.status AS campaign_status,
+           EXISTS (SELECT 1 FROM suppressions s WHERE s.phone_number = q.phone_number) AS suppressed
     FROM requested r
     JOIN send_queue q ON q.id = r.id AND q.campaign_id = r.campaign_id
     JOIN campaigns c ON c.id = q.campaign_id
@@ -199,15 +269,17 @@ claimed AS (
     SET status = 'processing', claim_token = %(token)s, claimed_at = now(), attempts = q.attempts + 1,
         updated_at = now()
     FROM target t
-    WHERE q.id = t.id AND t.campaign_status = 'running'
+    WHERE q.id = t.id AND t.campaign_status = 'running' AND NOT t.suppressed
       AND q.status = 'ready' AND q.whatsapp_message_id IS NULL
     RETURNING q.id
 ),
 cancelled AS (
     UPDATE send_queue q
-    SET status = 'cancelled', last_error = 'campaign cancelled', updated_at = now()
+    SET status = 'cancelled',
+        last_error = CASE WHEN t.suppressed THEN 'suppressed: opted out (131050)' ELSE 'campaign cancelled' END,
+        updated_at = now()
     FROM target t
-    WHERE q.id = t.id AND t.campaign_status = 'cancelled' AND q.status = 'ready'
+    WHERE q.id = t.id AND q.status = 'ready' AND (t.campaign_status = 'cancelled' OR t.suppressed)
     RETURNING q.id
 )
 SELECT t.id, t.status, t.whatsapp_message_id, t.campaign_status,
@@ -334,6 +406,7 @@ def insert_campaign(conn: psycopg.Connection, fields: dict, rows: Iterable[tuple
                 copy.set_types(["uuid", "text", "text[]"])
                 for phone, params in rows:
                     copy.write_row((campaign_id, phone, list(params)))
+            cur.execute(CANCEL_SUPPRESSED, {"campaign_id": campaign_id})
     except psycopg.errors.UniqueViolation as exc:
         raise CampaignStateError(f"campaign {fields['id']} already exists") from exc
     except psycopg.Error as exc:
@@ -454,3 +527,31 @@ def dead_letters(conn: psycopg.Connection, limit: int = 50) -> list[dict]:
             return cur.execute(SELECT_DEAD_LETTERS, {"limit": limit}).fetchall()
     except psycopg.Error as exc:
         raise _wrap(exc, "reading dead letters failed") from exc
+
+
+def apply_statuses(conn: psycopg.Connection, statuses: list[dict]) -> int:
+    """Store a webhook POST's statuses and apply them, in one transaction of at most four statements.
+
+    Each status is a dict with wamid, status, occurred_at, queue_id, recipient_id, code, title. Returns the
+    number of rows reconciled (their WAMID was unknown until now).
+    """
+    columns = {
+        "wamids": [s["wamid"] for s in statuses],
+        "statuses": [s["status"] for s in statuses],
+        "occurred": [s["occurred_at"] for s in statuses],
+        "queue_ids": [s["queue_id"] for s in statuses],
+        "recipients": [s["recipient_id"] for s in statuses],
+        "codes": [s["code"] for s in statuses],
+        "titles": [s["title"] for s in statuses],
+    }
+    opted_out = sorted({s["recipient_id"] for s in statuses if s["code"] == 131050 and s["recipient_id"]})
+    try:
+        with conn.transaction():
+            conn.execute(INSERT_STATUSES, columns)
+            reconciled = conn.execute(RECONCILE_ROWS, columns).rowcount
+            conn.execute(APPLY_DELIVERY, columns)
+            if opted_out:
+                conn.execute(SUPPRESS_NUMBERS, {"phones": opted_out})
+    except psycopg.Error as exc:
+        raise _wrap(exc, "storing statuses failed") from exc
+    return reconciled

@@ -104,7 +104,7 @@ def _safe_send(row: ClaimedRow) -> SendResult:
 
 def _skip_reason(claim: repository.ClaimOutcome) -> str:
     if claim.cancelled:
-        return "campaign cancelled"
+        return "cancelled (campaign cancelled or number suppressed)"
     if claim.status == RowStatus.READY:
         return f"campaign {claim.campaign_status}"
     if claim.wamid:

@@ -1,0 +1,17 @@
+"""Webhook Lambda: Meta's verification handshake and signed status updates. Work is in sendonce.webhook."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from sendonce import webhook
+from sendonce.observability import logger, tracer
+
+if TYPE_CHECKING:
+    from aws_lambda_powertools.utilities.typing import LambdaContext
+
+
+@logger.inject_lambda_context
+@tracer.capture_lambda_handler(capture_response=False)
+def lambda_handler(event: dict, context: LambdaContext) -> dict:
+    return webhook.handle(event)
