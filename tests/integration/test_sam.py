@@ -77,7 +77,10 @@ def test_build_lays_out_layer_and_sender(tmp_path):
     # And every handler imports on Python 3.12 from the layer plus what the Lambda runtime ships (boto3)
     runtime = _lambda_runtime_packages(tmp_path / "runtime")
     functions = sorted(p for p in build_dir.iterdir() if (p / "app.py").is_file())
-    assert {p.name for p in functions} >= {"SenderFunction", "CampaignsApiFunction"}
+    assert {p.name for p in functions} >= {
+        "SenderFunction", "CampaignsApiFunction", "ResetStuckFunction", "RecomputeCountersFunction", "DlqHandlerFunction",
+        "WebhookFunction",
+    }
     for function in functions:
         path = os.pathsep.join([str(function), str(layer), str(runtime)])
         probe = subprocess.run(
