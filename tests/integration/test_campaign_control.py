@@ -54,7 +54,9 @@ def _nothing_written(pg_conn) -> bool:
 
 
 def test_pause_holds_and_resume_sends_each_once(make_campaign, graph, pg_conn, event_source, aws, capsys):
-    # Given a running campaign of three, paused from the CLI before any message is handled
+    # Given a running campaign of three, paused from the CLI before any message is handled (a visibility
+    # timeout long enough that no message comes back while its batch is still being handled)
+    get_sqs_client().set_queue_attributes(QueueUrl=aws.send_queue_url, Attributes={"VisibilityTimeout": "30"})
     numbers = [phone(i) for i in range(3)]
     campaign_id = make_campaign(*numbers)
     paused = _cli_json(capsys, "campaign", "pause", campaign_id)

@@ -6,17 +6,14 @@ Every test counts what the fake Graph *accepted* per recipient: that is what rea
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 import uuid
 
 from sendonce.local.event_source import SqsEventSource, queue_depth
 from sendonce.sqs import get_sqs_client
-from tests.helpers import load_event, phone, queue_rows
+from tests.helpers import kill_sender_when_accepted, load_event, phone, queue_rows
 
 FILE_CAMPAIGN_ID = "4d46271f-f3b4-4f5b-a2c7-6dbad447a845"
 
@@ -223,15 +220,6 @@ def test_sender_poison_message_ends_in_dlq_after_five_receives(make_campaign, gr
     assert [m["Body"] for m in dead] == ["{broken"]
 
 
-CHILD = """
-import json, sys
-from sendonce.local.lambda_runtime import LocalContext, load_handler
-event = json.load(open(sys.argv[1]))
-load_handler("sender")(event, LocalContext("sender", timeout_seconds=float(sys.argv[2])))
-print("the sender finished; it should have been killed", file=sys.stderr)
-sys.exit(3)
-"""
-
 
 def test_sender_killed_after_meta_accepted_and_redelivered_sends_once(
     make_campaign, graph, pg_conn, event_source, lambda_context, tmp_path
@@ -239,14 +227,9 @@ def test_sender_killed_after_meta_accepted_and_redelivered_sends_once(
     # Given a sender process that will be killed the moment Meta accepts its message
     campaign_id = make_campaign(phone(1))
     event = _batch_of(event_source, 1)
-    event_file = tmp_path / "event.json"
-    event_file.write_text(json.dumps(event))
-    child = subprocess.Popen([sys.executable, "-c", CHILD, str(event_file), "2"], env=dict(os.environ))
-    graph.plan(phone(1), "crash")
-    graph.on_crash = lambda payload: os.kill(child.pid, signal.SIGKILL)
 
     # When it runs and dies (SIGKILL: no cleanup of any kind)
-    assert child.wait(timeout=60) == -signal.SIGKILL
+    assert kill_sender_when_accepted(event, graph, phone(1), tmp_path) == -signal.SIGKILL
 
     # Then the row is left processing with no WAMID, and Meta accepted it once
     assert graph.accepted == {phone(1): 1}

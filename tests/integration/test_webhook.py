@@ -5,10 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
 
 import pytest
@@ -16,8 +13,8 @@ import pytest
 from sendonce import control, db
 from sendonce.local.lambda_runtime import LocalContext, load_handler
 from sendonce.local.pgtrace import count_round_trips
-from tests.helpers import load_event, phone, queue_rows
-from tests.integration.test_sender import CHILD, _batch_of
+from tests.helpers import kill_sender_when_accepted, load_event, phone, queue_rows
+from tests.integration.test_sender import _batch_of
 
 SECRET = "example-app-secret"  # the secret events/webhook_status_post.json is signed with
 FILE_CAMPAIGN_ID = "4d46271f-f3b4-4f5b-a2c7-6dbad447a845"
@@ -169,12 +166,7 @@ def test_webhook_after_sender_killed_ends_sent_with_metas_wamid(make_campaign, g
     # Given a sender process killed the moment Meta accepted its message
     campaign_id = make_campaign(phone(1))
     event = _batch_of(event_source, 1)
-    event_file = tmp_path / "event.json"
-    event_file.write_text(json.dumps(event))
-    child = subprocess.Popen([sys.executable, "-c", CHILD, str(event_file), "2"], env=dict(os.environ))
-    graph.plan(phone(1), "crash")
-    graph.on_crash = lambda payload: os.kill(child.pid, signal.SIGKILL)
-    assert child.wait(timeout=60) == -signal.SIGKILL
+    assert kill_sender_when_accepted(event, graph, phone(1), tmp_path) == -signal.SIGKILL
     row = queue_rows(pg_conn, campaign_id)[phone(1)]
     assert row["status"] == "processing"
 
