@@ -82,7 +82,9 @@ def pg_conn(database_url, monkeypatch) -> Iterator[psycopg.Connection]:
     """An autocommit connection to an empty, migrated database; DATABASE_URL points at it."""
     monkeypatch.setenv("DATABASE_URL", database_url)
     conn = psycopg.connect(database_url, autocommit=True)
-    conn.execute("TRUNCATE campaigns, send_queue, dead_letters, message_statuses, suppressions RESTART IDENTITY CASCADE")
+    conn.execute(
+        "TRUNCATE campaigns, send_queue, dead_letters, message_statuses, suppressions, rate_limits RESTART IDENTITY CASCADE"
+    )
     yield conn
     conn.close()
 

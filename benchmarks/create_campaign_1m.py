@@ -48,7 +48,6 @@ from xml.sax.saxutils import escape
 import botocore
 import psycopg
 from psycopg import sql
-
 from sendonce import campaigns, contacts, db, repository, sqs
 from sendonce.local import reset_clients
 from sendonce.migrate import migrate
@@ -72,7 +71,9 @@ def write_contacts(path: Path, count: int) -> tuple[int, int, int]:
             writer.writerow([f"9198{(A * i + B) % 10**8:08d}", f"Customer {i}"])
             if i % DUPLICATE_EVERY == DUPLICATE_EVERY - 1:
                 earlier = (A * (i // 2) + B) % 10**8
-                writer.writerow([f"+91 98{earlier:08d}" if duplicates % 2 else f"0091-98{earlier:08d}", "dup"])
+                writer.writerow(
+                    [f"+91 98{earlier:08d}" if duplicates % 2 else f"0091-98{earlier:08d}", "dup"]
+                )
                 duplicates += 1
             if i % INVALID_EVERY == 0:
                 writer.writerow(["12345" if invalid % 2 else "not a number", "invalid"])
@@ -93,7 +94,9 @@ class SqsStandIn(BaseHTTPRequestHandler):
         if self.headers.get("X-Amz-Target") == "AmazonSQS.SendMessageBatch":  # AWS JSON 1.0
             entries = [(e["Id"], e["MessageBody"]) for e in json.loads(body)["Entries"]]
             time.sleep(self.latency)
-            answer = json.dumps({"Successful": [self._entry(key, text) for key, text in entries], "Failed": []})
+            answer = json.dumps(
+                {"Successful": [self._entry(key, text) for key, text in entries], "Failed": []}
+            )
             self._count(len(entries))
             return self._reply(200, "application/x-amz-json-1.0", answer)
         form = {k: v[0] for k, v in parse_qs(body).items()}
@@ -121,7 +124,11 @@ class SqsStandIn(BaseHTTPRequestHandler):
 
     @staticmethod
     def _entry(key: str, text: str) -> dict:
-        return {"Id": key, "MessageId": str(uuid.uuid4()), "MD5OfMessageBody": hashlib.md5(text.encode()).hexdigest()}
+        return {
+            "Id": key,
+            "MessageId": str(uuid.uuid4()),
+            "MD5OfMessageBody": hashlib.md5(text.encode()).hexdigest(),
+        }
 
     def _count(self, n: int) -> None:
         with self.messages.get_lock():
@@ -156,7 +163,11 @@ def sqs_stand_in(latency_ms: float):
     child.start()
     server.socket.close()  # the child accepts
     try:
-        yield f"http://127.0.0.1:{server.server_port}/123456789012/bench", SqsStandIn.messages, SqsStandIn.calls
+        yield (
+            f"http://127.0.0.1:{server.server_port}/123456789012/bench",
+            SqsStandIn.messages,
+            SqsStandIn.calls,
+        )
     finally:
         child.terminate()
         child.join()
@@ -194,13 +205,26 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
+@contextlib.contextmanager
+def phase(figures: dict, name: str):
+    """Record the phase's wall seconds, this process's CPU seconds (all threads) and the peak RSS after it."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    yield
+    figures[f"{name}_seconds"] = time.perf_counter() - wall
+    figures[f"{name}_cpu_seconds"] = time.process_time() - cpu
+    figures[f"peak_rss_mb_after_{name}"] = peak_rss_mb()
+
+
 def run(count: int, latency_ms: float) -> dict:
     """Generate the CSV, create and enqueue the campaign as the CLI does, and return the figures."""
     logger.setLevel("WARNING")  # the package logs one JSON line per phase to stdout
     with sqs_stand_in(latency_ms) as (queue_url, received, calls), database() as (dsn, described):
         os.environ.update(
-            AWS_ENDPOINT_URL_SQS=queue_url.rsplit("/", 2)[0], AWS_ACCESS_KEY_ID="bench",
-            AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1", AWS_REGION="us-east-1",
+            AWS_ENDPOINT_URL_SQS=queue_url.rsplit("/", 2)[0],
+            AWS_ACCESS_KEY_ID="bench",
+            AWS_SECRET_ACCESS_KEY="bench",
+            AWS_DEFAULT_REGION="us-east-1",
+            AWS_REGION="us-east-1",
         )
         reset_clients()
         with tempfile.TemporaryDirectory(prefix="sendonce-bench-") as folder, db.connect(dsn) as conn:
@@ -208,29 +232,35 @@ def run(count: int, latency_ms: float) -> dict:
             csv_path = Path(folder) / "contacts.csv"
             started = time.perf_counter()
             csv_rows, duplicates, invalid = write_contacts(csv_path, count)
-            figures = {"csv_generate_seconds": time.perf_counter() - started, "peak_rss_mb_before": peak_rss_mb()}
+            figures = {
+                "csv_generate_seconds": time.perf_counter() - started,
+                "peak_rss_mb_before": peak_rss_mb(),
+            }
 
-            started = time.perf_counter()
-            contact_list = contacts.read_csv(csv_path)
-            figures.update(read_csv_seconds=time.perf_counter() - started, peak_rss_mb_after_read_csv=peak_rss_mb())
+            with phase(figures, "read_csv"):
+                contact_list = contacts.read_csv(csv_path)
 
             # What campaigns.create_campaign does, phase by phase.
             campaign = campaigns.NewCampaign(
-                name="benchmark", template_name="order_update", language_code="en_US", phone_number_id="1065403522"
+                name="benchmark",
+                template_name="order_update",
+                language_code="en_US",
+                phone_number_id="1065403522",
             )
             campaign.validate()
             fields = {
-                "id": campaign.id, "name": campaign.name, "template_name": campaign.template_name,
-                "language_code": campaign.language_code, "phone_number_id": campaign.phone_number_id,
-                "components": [], "total_recipients": len(contact_list.contacts),
+                "id": campaign.id,
+                "name": campaign.name,
+                "template_name": campaign.template_name,
+                "language_code": campaign.language_code,
+                "phone_number_id": campaign.phone_number_id,
+                "components": [],
+                "total_recipients": len(contact_list.contacts),
             }
-            started = time.perf_counter()
-            repository.insert_campaign(conn, fields, ((c.phone, c.params) for c in contact_list.contacts))
-            figures.update(copy_seconds=time.perf_counter() - started, peak_rss_mb_after_copy=peak_rss_mb())
-
-            started = time.perf_counter()
-            enqueued = campaigns.enqueue_campaign(conn, campaign.id, queue_url)
-            figures.update(enqueue_seconds=time.perf_counter() - started, peak_rss_mb_after_enqueue=peak_rss_mb())
+            with phase(figures, "copy"):
+                repository.insert_campaign(conn, fields, ((c.phone, c.params) for c in contact_list.contacts))
+            with phase(figures, "enqueue"):
+                enqueued = campaigns.enqueue_campaign(conn, campaign.id, queue_url)
 
             if described == "DATABASE_URL":
                 conn.execute("DELETE FROM campaigns WHERE id = %s", (campaign.id,))
@@ -265,32 +295,47 @@ def run(count: int, latency_ms: float) -> dict:
         "batch": sqs.BATCH,
         "sqs_protocol": sqs.get_sqs_client().meta.service_model.protocol,
         "database": f"{described}, PostgreSQL {server_version // 10000}.{server_version % 10000}",
-        "versions": {"python": platform.python_version(), "botocore": botocore.__version__,
-                     "psycopg": psycopg.__version__},
+        "versions": {
+            "python": platform.python_version(),
+            "botocore": botocore.__version__,
+            "psycopg": psycopg.__version__,
+        },
         "cpus": os.cpu_count(),
+        "load_average_1m_at_end": round(os.getloadavg()[0], 2),  # other work on the machine skews the figures
         "mismatches": {k: {"got": got, "expected": want} for k, (got, want) in checks.items() if got != want},
     }
 
 
 def print_table(r: dict) -> None:
     n = r["recipients"]
-    print(f"campaign create + enqueue: {r['contacts']:,} contacts ({r['csv_rows']:,} CSV rows: "
-          f"{r['duplicates']:,} duplicates, {r['invalid']:,} invalid)")
-    print(f"database: {r['database']}; SQS stand-in: {r['sqs_protocol']} protocol, {r['sqs_latency_ms']:g} ms "
-          f"per SendMessageBatch, {r['in_flight']} in flight; {r['cpus']} CPUs\n")
-    print(f"{'phase':<44}{'seconds':>9}{'rows/s':>11}{'peak RSS MB':>13}")
-    for label, key, rows, rss in [
-        ("read_csv (parse, normalise, dedupe)", "read_csv_seconds", r["csv_rows"], "peak_rss_mb_after_read_csv"),
-        ("insert_campaign (COPY, one transaction)", "copy_seconds", n, "peak_rss_mb_after_copy"),
-        (f"enqueue_campaign ({r['sqs_calls']:,} SendMessageBatch)", "enqueue_seconds", n,
-         "peak_rss_mb_after_enqueue"),
+    print(
+        f"campaign create + enqueue: {r['contacts']:,} contacts ({r['csv_rows']:,} CSV rows: "
+        f"{r['duplicates']:,} duplicates, {r['invalid']:,} invalid)"
+    )
+    print(
+        f"database: {r['database']}; SQS stand-in: {r['sqs_protocol']} protocol, {r['sqs_latency_ms']:g} ms "
+        f"per SendMessageBatch, {r['in_flight']} in flight; {r['cpus']} CPUs\n"
+    )
+    print(f"{'phase':<44}{'seconds':>9}{'CPU s':>9}{'rows/s':>10}{'peak RSS MB':>13}")
+    for label, name, rows in [
+        ("read_csv (parse, normalise, dedupe)", "read_csv", r["csv_rows"]),
+        ("insert_campaign (COPY, one transaction)", "copy", n),
+        (f"enqueue_campaign ({r['sqs_calls']:,} SendMessageBatch)", "enqueue", n),
     ]:
-        print(f"{label:<44}{r[key]:>9.2f}{rows / r[key]:>11,.0f}{r[rss]:>13.0f}")
-    print(f"{'total':<44}{r['total_seconds']:>9.2f}{n / r['total_seconds']:>11,.0f}{r['peak_rss_mb']:>13.0f}")
-    print(f"\nLambda limit {r['lambda_limit_seconds']} s: the total is {r['share_of_lambda_limit']:.1%} of it "
-          f"({r['lambda_limit_seconds'] / r['total_seconds']:.1f}x headroom). Peak RSS {r['peak_rss_mb']:.0f} MB "
-          f"({r['peak_rss_mb_before']:.0f} MB before read_csv). CSV generation (untimed): "
-          f"{r['csv_generate_seconds']:.1f} s.")
+        seconds = r[f"{name}_seconds"]
+        print(
+            f"{label:<44}{seconds:>9.2f}{r[f'{name}_cpu_seconds']:>9.2f}{rows / seconds:>10,.0f}"
+            f"{r[f'peak_rss_mb_after_{name}']:>13.0f}"
+        )
+    print(
+        f"{'total':<44}{r['total_seconds']:>9.2f}{'':>9}{n / r['total_seconds']:>10,.0f}{r['peak_rss_mb']:>13.0f}"
+    )
+    print(
+        f"\nLambda limit {r['lambda_limit_seconds']} s: the total is {r['share_of_lambda_limit']:.1%} of it "
+        f"({r['lambda_limit_seconds'] / r['total_seconds']:.1f}x headroom). Peak RSS {r['peak_rss_mb']:.0f} MB "
+        f"({r['peak_rss_mb_before']:.0f} MB before read_csv). CSV generation (untimed): "
+        f"{r['csv_generate_seconds']:.1f} s. Load average at the end: {r['load_average_1m_at_end']}."
+    )
     if r["mismatches"]:
         print(f"MISMATCH: {r['mismatches']}")
 
@@ -298,7 +343,9 @@ def print_table(r: dict) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--contacts", type=int, default=1_000_000, help="unique contacts (default 1,000,000)")
-    parser.add_argument("--sqs-latency-ms", type=float, default=20.0, help="simulated SendMessageBatch latency")
+    parser.add_argument(
+        "--sqs-latency-ms", type=float, default=20.0, help="simulated SendMessageBatch latency"
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args()
     if not 0 < args.contacts <= 10**8:

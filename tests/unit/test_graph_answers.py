@@ -20,8 +20,8 @@ def _error(status: int, code: int) -> httpx.Response:
     ("status", "code", "disposition"),
     [
         (500, 131000, Disposition.RETRY),
-        (429, 130429, Disposition.RETRY),
-        (400, 131056, Disposition.RETRY),
+        (429, 130429, Disposition.DEFER),
+        (400, 131056, Disposition.DEFER),
         (400, 131049, Disposition.FAILED),
         (400, 131026, Disposition.FAILED),
         (400, 131050, Disposition.FAILED),
@@ -71,3 +71,11 @@ def test_queue_message_parse_rejects_malformed_bodies(body):
 def test_queue_message_without_enqueue_id_is_keyed_by_sqs_message_id():
     message = QueueMessage.parse('{"queue_id": 5, "campaign_id": "4D46271F-F3B4-4F5B-A2C7-6DBAD447A845"}', "m1")
     assert (message.queue_id, message.campaign_id, message.enqueue_id) == (5, "4d46271f-f3b4-4f5b-a2c7-6dbad447a845", "m1")
+
+
+def test_defer_seconds_pair_rate_backs_off_4_to_the_x_others_2_to_the_x():
+    from sendonce.graph_errors import defer_seconds
+
+    assert [defer_seconds(131056, attempt, 1) for attempt in (1, 2, 3, 4, 5, 6)] == [1, 4, 16, 64, 256, 900]
+    assert [defer_seconds(130429, attempt, 1) for attempt in (1, 2, 3)] == [1, 2, 4]
+    assert defer_seconds(130429, 3, 0) == 0

@@ -175,6 +175,31 @@ def _cmd_dlq_redrive(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from sendonce.local.bench import run_bench
+
+    if args.messages < 10 or args.baseline_messages < 1:
+        raise CampaignInputError("--messages must be at least 10 and --baseline-messages at least 1")
+    result = run_bench(args.messages, args.latency_ms / 1000, args.baseline_messages, args.concurrency)
+    if args.json:
+        print(json.dumps(asdict(result)))
+        return 0
+    print(
+        f"sender: {result.messages} messages, {result.concurrency} concurrent invocation(s), "
+        f"Graph latency {result.graph_latency_ms} ms ({result.database})"
+    )
+    print(f"  {result.messages_per_second} messages/s, {result.lambda_ms_per_message} ms of handler time per message")
+    print(
+        f"  per message: {result.pg_round_trips_per_message} PostgreSQL round trips, "
+        f"{result.ddb_requests_per_message} DynamoDB requests, {result.graph_requests_per_message} Graph requests"
+    )
+    print(f"seed's per-message flow: {result.baseline_messages} messages, {result.baseline_messages_per_second} messages/s")
+    print(f"speedup: {result.speedup_vs_seed_baseline}x; recipients sent twice: {result.duplicates}")
+    return 0
+
+
 def _cmd_local_run(args: argparse.Namespace) -> int:
     from sendonce.local import run
 
@@ -257,6 +282,14 @@ def build_parser() -> argparse.ArgumentParser:
         func=_cmd_dlq_redrive
     )
 
+    bench = commands.add_parser("bench", help="measure the sender against the seed's per-message flow")
+    bench.add_argument("--messages", type=int, default=2000, help="messages through the sender (default 2000)")
+    bench.add_argument("--baseline-messages", type=int, default=200, help="messages through the seed's flow (default 200)")
+    bench.add_argument("--concurrency", type=int, default=1, help="concurrent sender invocations (default 1)")
+    bench.add_argument("--latency-ms", type=int, default=100, help="fake Graph API latency (default 100)")
+    bench.add_argument("--json", action="store_true", help="print one JSON object")
+    bench.set_defaults(func=_cmd_bench)
+
     local = commands.add_parser("local", help="run sendonce on this machine").add_subparsers(
         dest="action", required=True
     )
@@ -274,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # Logs are for operators and go to stderr, so stdout stays clean for --json.
     logger.registered_handler.setStream(_Stderr())
-    default_level = "ERROR" if args.command == "local" else "WARNING"
+    default_level = "ERROR" if args.command in ("local", "bench") else "WARNING"
     logger.setLevel(os.environ.get("POWERTOOLS_LOG_LEVEL", default_level))
     try:
         return args.func(args)

@@ -28,6 +28,12 @@ class Settings:
     ambiguous_policy: str
     whatsapp_max_mps: int
     whatsapp_timeout_seconds: float
+    # Throttled sends (130429, 131056) come back after base x 2^(attempt-1) or base x 4^(attempt-1) seconds.
+    throttle_base_seconds: int
+    # A claimed row whose send slot is further away than this is deferred instead of waited for.
+    max_slot_wait_seconds: int
+    error_rate_window: int
+    error_rate_threshold: float
     # None behind a pooler that does not support prepared statements (RDS Proxy in transaction mode, PgBouncer).
     pg_prepare_threshold: int | None
 
@@ -92,6 +98,10 @@ def get_settings() -> Settings:
         ambiguous_policy=policy,
         whatsapp_max_mps=_int("WHATSAPP_MAX_MPS", 80, minimum=1),
         whatsapp_timeout_seconds=_float("WHATSAPP_TIMEOUT_SECONDS", 10.0),
+        throttle_base_seconds=_int("THROTTLE_BASE_SECONDS", 1),
+        max_slot_wait_seconds=_int("MAX_SLOT_WAIT_SECONDS", 10, minimum=1),
+        error_rate_window=_int("ERROR_RATE_WINDOW", 200, minimum=1),
+        error_rate_threshold=_float("ERROR_RATE_THRESHOLD", 0.5),
         pg_prepare_threshold=_prepare_threshold(),
     )
 

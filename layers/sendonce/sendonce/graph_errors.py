@@ -21,9 +21,14 @@ PERMANENT = frozenset(
 HALT = frozenset({0, 190, 10, 131005, 131031, 131037, 131042, 131045, 131048, 132001, 132015, 133010, 368})
 
 
+THROTTLED = frozenset({130429}) | PAIR_RATE
+
+
 def classify(code: int | None, http_status: int) -> Disposition:
     """The disposition for a Graph error; unknown codes are permanent on 4xx and transient on 5xx or 429."""
-    if code in TRANSIENT or code in PAIR_RATE:
+    if code in THROTTLED:
+        return Disposition.DEFER
+    if code in TRANSIENT:
         return Disposition.RETRY
     if code in HALT:
         return Disposition.HALT
@@ -32,3 +37,12 @@ def classify(code: int | None, http_status: int) -> Disposition:
     if http_status >= 500 or http_status == 429:
         return Disposition.RETRY
     return Disposition.FAILED
+
+
+def defer_seconds(code: int | None, attempt: int, base: int) -> int:
+    """How long a throttled row waits: 131056 (pair rate) 4^X s for that recipient, others 2^X s (X = attempt - 1).
+
+    Capped at SQS's longest message delay (900 s).
+    """
+    factor = 4 if code in PAIR_RATE else 2
+    return min(base * factor ** max(attempt - 1, 0), 900)

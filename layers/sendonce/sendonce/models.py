@@ -37,6 +37,7 @@ class Disposition(StrEnum):
     RETRY = "retry"  # provably not sent: back to `ready`, the message is retried
     AMBIGUOUS = "ambiguous"  # may have been accepted: stays `processing` until reconciled or reset
     HALT = "halt"  # sending on would fail for everyone: row back to `ready`, campaign paused
+    DEFER = "defer"  # throttled (or no send slot soon): row back to `ready`, a new message after `delay` s
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,8 @@ class ClaimedRow:
     language_code: str
     phone_number_id: str
     components: tuple[dict, ...] = ()
+    attempt: int = 1  # this claim's attempt number (1 = first)
+    send_in: float = 0.0  # seconds from the claim until this row's send slot (the rate limiter)
 
 
 @dataclass(frozen=True)
@@ -96,6 +99,7 @@ class SendResult:
     wamid: str | None = None
     code: int | None = None
     error: str | None = None
+    delay: int = 0  # DEFER: seconds before the new message becomes visible
 
     @property
     def row_status(self) -> RowStatus:

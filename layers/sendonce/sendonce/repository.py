@@ -281,16 +281,39 @@ cancelled AS (
     FROM target t
     WHERE q.id = t.id AND q.status = 'ready' AND (t.campaign_status = 'cancelled' OR t.suppressed)
     RETURNING q.id
+),
+reserved AS (
+    INSERT INTO rate_limits AS r (phone_number_id, next_slot_at, last_reserved)
+    SELECT c.phone_number_id, now() + count(*) * interval '1 second' / %(default_mps)s, count(*)::integer
+    FROM claimed cl
+    JOIN send_queue q ON q.id = cl.id
+    JOIN campaigns c ON c.id = q.campaign_id
+    GROUP BY c.phone_number_id
+    ON CONFLICT (phone_number_id) DO UPDATE
+    SET next_slot_at = greatest(r.next_slot_at, now())
+                       + excluded.last_reserved * interval '1 second' / coalesce(r.max_mps, %(default_mps)s),
+        last_reserved = excluded.last_reserved
+    RETURNING r.phone_number_id,
+              extract(epoch FROM r.next_slot_at - now())
+                - r.last_reserved::float8 / coalesce(r.max_mps, %(default_mps)s) AS start_in,
+              coalesce(r.max_mps, %(default_mps)s) AS mps
 )
 SELECT t.id, t.status, t.whatsapp_message_id, t.campaign_status,
        cl.id IS NOT NULL AS claimed, ca.id IS NOT NULL AS cancelled,
-       q.campaign_id::text AS campaign_id, q.phone_number, q.params,
-       c.template_name, c.language_code, c.phone_number_id, c.components
+       q.campaign_id::text AS campaign_id, q.phone_number, q.params, q.attempts + 1 AS attempt,
+       c.template_name, c.language_code, c.phone_number_id, c.components,
+       -- This row's send slot, in seconds from now: the batch's first slot plus its place among the batch's
+       -- claimed rows for the same phone number.
+       CASE WHEN cl.id IS NOT NULL THEN
+           greatest(rs.start_in, 0) + (row_number() OVER (PARTITION BY cl.id IS NULL, c.phone_number_id ORDER BY t.id) - 1)
+           / rs.mps::float8
+       END AS send_in
 FROM target t
 JOIN send_queue q ON q.id = t.id
 JOIN campaigns c ON c.id = q.campaign_id
 LEFT JOIN claimed cl ON cl.id = t.id
 LEFT JOIN cancelled ca ON ca.id = t.id
+LEFT JOIN reserved rs ON rs.phone_number_id = c.phone_number_id AND cl.id IS NOT NULL
 """
 
 # One statement finalizes the whole batch, and only rows this claim still owns: a stale worker whose rows
@@ -306,12 +329,33 @@ halted AS (
     FROM unnest(%(halt_campaign_ids)s::uuid[], %(halt_reasons)s::text[]) AS h (campaign_id, reason)
     WHERE c.id = h.campaign_id AND c.status = 'running'
     RETURNING c.id
+),
+-- Over `threshold` of a campaign's last `window` final answers failed: pause it (the results of this batch
+-- count from the next one on: the statement sees the rows as they were).
+failing AS (
+    UPDATE campaigns c
+    SET status = 'paused', updated_at = now(),
+        pause_reason = format('error rate: %%s of the last %%s sends failed', f.failed, f.total)
+    FROM (
+        SELECT b.campaign_id, count(*) AS total, count(*) FILTER (WHERE recent.status = 'failed') AS failed
+        FROM unnest(%(campaign_ids)s::uuid[]) AS b (campaign_id)
+        CROSS JOIN LATERAL (
+            SELECT q.status FROM send_queue q
+            WHERE q.campaign_id = b.campaign_id AND q.finished_at IS NOT NULL
+            ORDER BY q.finished_at DESC LIMIT %(window)s
+        ) recent
+        GROUP BY b.campaign_id
+    ) f
+    WHERE c.id = f.campaign_id AND c.status = 'running' AND f.total >= %(window)s
+      AND f.failed > f.total * %(threshold)s AND c.id <> ALL (%(halt_campaign_ids)s::uuid[])
+    RETURNING c.id
 )
 UPDATE send_queue q
 -- A row released after its campaign was cancelled is cancelled, not left `ready` with nothing to send it.
 SET status = CASE WHEN r.status = 'ready' AND c.status = 'cancelled' THEN 'cancelled' ELSE r.status END,
     whatsapp_message_id = coalesce(r.wamid, q.whatsapp_message_id),
     actual_sent_at = CASE WHEN r.status = 'sent' THEN now() ELSE q.actual_sent_at END,
+    finished_at = CASE WHEN r.status IN ('sent', 'failed') THEN now() ELSE q.finished_at END,
     last_error_code = r.code,
     last_error = r.error,
     claim_token = CASE WHEN r.status = 'processing' THEN q.claim_token END,
@@ -340,13 +384,19 @@ def _wrap(exc: psycopg.Error, what: str) -> DatabaseError:
     return DatabaseError(f"{what}: {exc}")
 
 
-def claim_rows(conn: psycopg.Connection, messages: Iterable[QueueMessage], token: uuid.UUID) -> dict[int, ClaimOutcome]:
-    """Claim the `ready` rows of a batch in one statement; rows that do not exist are absent from the result."""
+def claim_rows(
+    conn: psycopg.Connection, messages: Iterable[QueueMessage], token: uuid.UUID, default_mps: int
+) -> dict[int, ClaimOutcome]:
+    """Claim the `ready` rows of a batch and reserve their send slots, in one statement.
+
+    Rows that do not exist are absent from the result.
+    """
     messages = list(messages)
     params = {
         "ids": [m.queue_id for m in messages],
         "campaign_ids": [m.campaign_id for m in messages],
         "token": token,
+        "default_mps": default_mps,
     }
     try:
         with conn.cursor(row_factory=dict_row) as cur:
@@ -368,6 +418,8 @@ def _claim_outcome(r: dict) -> ClaimOutcome:
             language_code=r["language_code"],
             phone_number_id=r["phone_number_id"],
             components=tuple(r["components"] or ()),
+            attempt=r["attempt"],
+            send_in=float(r["send_in"] or 0.0),
         )
     return ClaimOutcome(r["id"], row, r["status"], r["whatsapp_message_id"], r["campaign_status"], r["cancelled"])
 
@@ -377,10 +429,19 @@ def finalize_rows(
     token: uuid.UUID,
     results: dict[int, SendResult],
     halts: dict[str, str],
+    campaign_ids: set[str],
+    error_window: int,
+    error_threshold: float,
 ) -> set[int]:
-    """Write a batch's results in one statement, guarded by the claim token; return the ids written."""
+    """Write a batch's results in one statement, guarded by the claim token; return the ids written.
+
+    The same statement pauses the campaigns in `halts` and those whose error rate crossed the threshold.
+    """
     ids = list(results)
     params = {
+        "campaign_ids": sorted(campaign_ids),
+        "window": error_window,
+        "threshold": error_threshold,
         "token": token,
         "ids": ids,
         "statuses": [str(results[i].row_status) for i in ids],

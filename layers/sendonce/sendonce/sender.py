@@ -8,7 +8,9 @@ its answer from Meta, one statement finalizes them all.
 
 from __future__ import annotations
 
+import math
 import threading
+import time
 import uuid
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -19,9 +21,17 @@ from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, pro
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.idempotency import idempotent_function
 
-from sendonce import repository, whatsapp
+from sendonce import graph_errors, repository, sqs, whatsapp
+from sendonce.config import get_settings, require
 from sendonce.db import get_conn
-from sendonce.errors import BatchAbortedError, DatabaseError, TransientSendError, UnknownRowError
+from sendonce.errors import (
+    BatchAbortedError,
+    ConfigError,
+    DatabaseError,
+    EnqueueError,
+    TransientSendError,
+    UnknownRowError,
+)
 from sendonce.idempotency import IDEMPOTENCY_CONFIG, get_persistence_store
 from sendonce.models import CampaignStatus, ClaimedRow, Disposition, QueueMessage, RowStatus, SendResult
 from sendonce.observability import logger, tracer
@@ -87,19 +97,31 @@ def _send(message: dict, rendezvous: _Rendezvous) -> dict:
         raise UnknownRowError(f"no send_queue row {queue_message.queue_id} in campaign {queue_message.campaign_id}")
     if claim.row is None:
         return {"queue_id": queue_message.queue_id, "result": "skipped", "reason": _skip_reason(claim)}
-    result = rendezvous.report(claim.row.id, _safe_send(claim.row))
+    result = rendezvous.report(claim.row.id, _safe_send(claim.row, rendezvous))
     if result.disposition is Disposition.RETRY:
         raise TransientSendError(result.error or "transient error")
     return {"queue_id": queue_message.queue_id, "result": str(result.disposition), "wamid": result.wamid}
 
 
-def _safe_send(row: ClaimedRow) -> SendResult:
-    """Send, turning any unexpected error into an ambiguous result so the rendezvous always hears back."""
+def _safe_send(row: ClaimedRow, rendezvous: _Rendezvous) -> SendResult:
+    """Wait for the row's send slot, send, and classify; never raises, so the rendezvous always hears back."""
+    settings = get_settings()
+    if row.send_in > settings.max_slot_wait_seconds:
+        # The shared schedule is booked further ahead than is worth waiting for inside one invocation.
+        return SendResult(Disposition.DEFER, error="no send slot soon", delay=math.ceil(row.send_in))
+    if rendezvous.halted.wait(timeout=max(rendezvous.claimed_at + row.send_in - time.monotonic(), 0)):
+        return SendResult(Disposition.HALT, error="not sent: the batch halted on an earlier error")
     try:
-        return whatsapp.send_template(row)
+        result = whatsapp.send_template(row)
     except Exception as exc:  # noqa: BLE001 - the row must be finalized whatever happened
         logger.exception("send raised", queue_id=row.id)
         return SendResult(Disposition.AMBIGUOUS, error=f"sender error: {type(exc).__name__}")
+    if result.disposition is Disposition.HALT:
+        rendezvous.halted.set()
+    elif result.disposition is Disposition.DEFER:
+        delay = graph_errors.defer_seconds(result.code, row.attempt, settings.throttle_base_seconds)
+        result = SendResult(Disposition.DEFER, code=result.code, error=result.error, delay=delay)
+    return result
 
 
 def _skip_reason(claim: repository.ClaimOutcome) -> str:
@@ -126,6 +148,9 @@ class _Rendezvous:
         self._final: dict[int, SendResult] | None = None
         self._error: Exception | None = None
         self.counts: Counter[str] = Counter()
+        # Set by the first halt code: sends still waiting for their slot are released untouched.
+        self.halted = threading.Event()
+        self.claimed_at = time.monotonic()
 
     def arrive(self, message_id: str, message: QueueMessage) -> repository.ClaimOutcome | None:
         """Join the claim; block until it ran and return this message's outcome (None: no such row)."""
@@ -185,7 +210,10 @@ class _Rendezvous:
     def _claim(self) -> dict[str, repository.ClaimOutcome | None]:
         if not self._arrivals:
             return {}
-        outcomes = repository.claim_rows(get_conn(), self._arrivals.values(), self.token)
+        outcomes = repository.claim_rows(
+            get_conn(), self._arrivals.values(), self.token, get_settings().whatsapp_max_mps
+        )
+        self.claimed_at = time.monotonic()
         claims: dict[str, repository.ClaimOutcome | None] = {}
         owners: set[int] = set()
         for message_id, message in self._arrivals.items():
@@ -213,12 +241,22 @@ class _Rendezvous:
                 logger.info("skipping message", queue_id=outcome.queue_id, reason=_skip_reason(outcome))
 
     def _finalize(self) -> None:
+        settings = get_settings()
         halts: dict[str, str] = {}
         rows = {c.row.id: c.row for c in self._claims.values() if c and c.row}
         for row_id, result in self._reports.items():
-            if result.disposition is Disposition.HALT:
+            if result.disposition is Disposition.HALT and result.code is not None:
                 halts.setdefault(rows[row_id].campaign_id, f"Graph API error {result.code}: {result.error}")
-        written = repository.finalize_rows(get_conn(), self.token, self._reports, halts)
+        written = repository.finalize_rows(
+            get_conn(),
+            self.token,
+            self._reports,
+            halts,
+            campaign_ids={row.campaign_id for row in rows.values()},
+            error_window=settings.error_rate_window,
+            error_threshold=settings.error_rate_threshold,
+        )
+        self._defer(rows)
         for row_id, result in self._reports.items():
             self.counts[str(result.disposition)] += 1
             if row_id not in written:
@@ -236,6 +274,24 @@ class _Rendezvous:
             logger.warning("campaign paused", campaign_id=campaign_id, status=CampaignStatus.PAUSED, reason=reason)
         self._final = dict(self._reports)
 
+    def _defer(self, rows: dict[int, ClaimedRow]) -> None:
+        """Re-enqueue deferred rows as new messages with their delay, so throttling never uses up receives.
+
+        The rows are `ready` by now; if SQS refuses, their records fail instead and SQS redelivers the
+        original messages, which claim the rows again.
+        """
+        deferred = {row_id: r for row_id, r in self._reports.items() if r.disposition is Disposition.DEFER}
+        if not deferred:
+            return
+        enqueue_id = uuid.uuid4().hex
+        messages = [(QueueMessage(row_id, rows[row_id].campaign_id, enqueue_id), r.delay) for row_id, r in deferred.items()]
+        try:
+            sqs.send_delayed(require(get_settings().send_queue_url, "SEND_QUEUE_URL"), messages)
+        except (EnqueueError, ConfigError) as exc:
+            logger.warning("could not re-enqueue deferred rows; their messages will be retried", error=str(exc))
+            for row_id in deferred:
+                self._reports[row_id] = SendResult(Disposition.RETRY, error=f"deferred, re-enqueue failed: {exc}")
+
     def log_summary(self) -> None:
         """The one line per batch the operators grep for."""
         c = self.counts
@@ -247,6 +303,7 @@ class _Rendezvous:
             retried=c["retry"],
             ambiguous=c["ambiguous"],
             halted=c["halt"],
+            deferred=c["defer"],
             unknown=c["unknown"],
             records=len(self._expected),
         )

@@ -102,3 +102,22 @@ def _collect(done: set[Future], on_progress: Callable[[int], None] | None) -> in
     if on_progress:
         on_progress(sent)
     return sent
+
+
+def send_delayed(queue_url: str, messages: list[tuple[QueueMessage, int]]) -> None:
+    """Send a few messages, each with its own delay (seconds, at most 900); raise `EnqueueError` on failure."""
+    client = get_sqs_client()
+    for start in range(0, len(messages), BATCH):
+        chunk = messages[start : start + BATCH]
+        try:
+            answer = client.send_message_batch(
+                QueueUrl=queue_url,
+                Entries=[
+                    {"Id": str(i), "MessageBody": m.body(), "DelaySeconds": min(max(delay, 0), 900)}
+                    for i, (m, delay) in enumerate(chunk)
+                ],
+            )
+        except (BotoCoreError, ClientError) as exc:
+            raise EnqueueError(f"SQS refused delayed messages: {exc}") from exc
+        if answer.get("Failed"):
+            raise EnqueueError(f"SQS refused {len(answer['Failed'])} delayed messages")

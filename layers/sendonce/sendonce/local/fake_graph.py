@@ -36,11 +36,20 @@ CHAOS_FAULTS = ("error:131000", "http:502", "error:130429", "drop", "error:13102
 class FakeGraph:
     """The fake server; use as a context manager or call `start()` / `stop()`."""
 
-    def __init__(self, token: str = "test-token", latency: float = 0.0, chaos: float = 0.0, seed: int = 7):
+    def __init__(
+        self, token: str = "test-token", latency: float = 0.0, chaos: float = 0.0, seed: int = 7, throttle_mps: int = 0
+    ):
         self.token = token
         self.latency = latency
         self.chaos = chaos
+        # Like Meta: more than `throttle_mps` messages in one second are refused with 130429 (0: no limit).
+        self.throttle_mps = throttle_mps
+        self.throttled = 0
+        self.accepted_at: list[float] = []
+        self._arrivals: list[float] = []
         self.on_crash: Callable[[dict], None] | None = None
+        # Called with the recipient before each send is answered (tests change plans mid-run with it).
+        self.on_request: Callable[[str], None] | None = None
         self.accepted: Counter[str] = Counter()
         self.wamids: dict[str, list[str]] = defaultdict(list)
         self.requests: list[dict] = []
@@ -89,8 +98,25 @@ class FakeGraph:
 
     # -- behaviour ---------------------------------------------------------------------------------
 
+    def max_rate(self, window: float = 1.0) -> int:
+        """The most sends accepted within any `window` seconds."""
+        times = sorted(self.accepted_at)
+        start, best = 0, 0
+        for end, at in enumerate(times):
+            while at - times[start] >= window:
+                start += 1
+            best = max(best, end - start + 1)
+        return best
+
     def _next_fault(self, to: str) -> str:
         with self._lock:
+            if self.throttle_mps:
+                now = time.monotonic()
+                recent = [at for at in self._arrivals if now - at < 1.0]
+                if len(recent) >= self.throttle_mps:
+                    self.throttled += 1
+                    return "error:130429"
+                self._arrivals = [*recent, now]
             if self._plans[to]:
                 return self._plans[to].popleft()
             if self.chaos and self._random.random() < self.chaos:
@@ -102,6 +128,7 @@ class FakeGraph:
         with self._lock:
             self.accepted[to] += 1
             self.wamids[to].append(wamid)
+            self.accepted_at.append(time.monotonic())
         return wamid
 
     def _log(self, to: str, fault: str, payload: dict) -> None:
@@ -112,6 +139,9 @@ class FakeGraph:
 def _handler_for(graph: FakeGraph) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"  # keep-alive, like graph.facebook.com
+        # Headers and body go out in separate writes: without TCP_NODELAY, Nagle's algorithm and delayed ACKs
+        # add ~40 ms to every answer on a kept-alive connection.
+        disable_nagle_algorithm = True
 
         def log_message(self, *args) -> None:  # quiet
             pass
@@ -131,6 +161,8 @@ def _handler_for(graph: FakeGraph) -> type[BaseHTTPRequestHandler]:
                 return self._error(400, 100, "Invalid parameter")
             if graph.latency:
                 time.sleep(graph.latency)
+            if graph.on_request:
+                graph.on_request(to)
             fault = graph._next_fault(to)
             graph._log(to, fault, payload)
             kind, _, arg = fault.partition(":")

@@ -70,6 +70,7 @@ def write_contacts(path: Path, count: int, seed: int = 1) -> int:
 def local_run(contact_count: int = 200, chaos: bool = False, concurrency: int = 2) -> LocalRunReport:
     """Run one campaign of `contact_count` contacts through the whole pipeline and report what happened."""
     started = time.monotonic()
+    saved_environ = dict(os.environ)  # restored at the end: this process may go on (tests)
     embedded = None
     if not os.environ.get("DATABASE_URL"):
         embedded = services.start_embedded_postgres()
@@ -130,8 +131,9 @@ def local_run(contact_count: int = 200, chaos: bool = False, concurrency: int = 
         graph.stop()
         moto.stop()
         if embedded is not None:
-            os.environ.pop("DATABASE_URL", None)
             embedded.cleanup()
+        os.environ.clear()
+        os.environ.update(saved_environ)
 
 
 def report_lines(report: LocalRunReport) -> list[str]:

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import socket
+import subprocess
+import sys
+import time
 import logging
 import os
 import tempfile
@@ -34,7 +38,40 @@ def start_moto_server():
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
-    os.environ["AWS_ENDPOINT_URL"] = f"http://{host}:{port}"
+    _point_boto3_at(f"http://{host}:{port}")
+    return server
+
+
+class MotoProcess:
+    """moto's server in a process of its own (for benchmarks: AWS is not in the caller's process either)."""
+
+    def __init__(self) -> None:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or self._process.poll() is not None:
+                    raise RuntimeError("moto's server did not start") from None
+                time.sleep(0.1)
+        _point_boto3_at(f"http://127.0.0.1:{self.port}")
+
+    def stop(self) -> None:
+        self._process.terminate()
+        self._process.wait(timeout=10)
+
+
+def _point_boto3_at(url: str) -> None:
+    os.environ["AWS_ENDPOINT_URL"] = url
     for name, value in {
         "AWS_ACCESS_KEY_ID": "testing",
         "AWS_SECRET_ACCESS_KEY": "testing",
@@ -42,7 +79,6 @@ def start_moto_server():
         "AWS_REGION": REGION,
     }.items():
         os.environ.setdefault(name, value)
-    return server
 
 
 @dataclass(frozen=True)
