@@ -10,7 +10,6 @@ import time
 import logging
 import os
 import tempfile
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +24,8 @@ def start_embedded_postgres(data_dir: Path | None = None):
     """Start a private PostgreSQL server (the `pgserver` package) and return it; `.get_uri()` gives the DSN."""
     import pgserver
 
-    warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
+    # platformdirs warns (in pgserver's own processes too) when this is unset, as it is on CI and in containers.
+    os.environ.setdefault("XDG_RUNTIME_DIR", tempfile.gettempdir())
     folder = data_dir or Path(tempfile.mkdtemp(prefix="sendonce-pg-"))
     return pgserver.get_server(folder, cleanup_mode="delete" if data_dir is None else "stop")
 
