@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import io
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -16,7 +15,7 @@ _PARAM_COLUMN = re.compile(r"^param([1-9][0-9]*)$")
 MAX_PARAM_LENGTH = 1024
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Contact:
     """One recipient: E.164 digits and the template body parameters, in order."""
 
@@ -61,10 +60,11 @@ def read_csv(path: str | Path, default_region: str | None = None) -> ContactList
     if not file.is_file():
         raise ContactsError(f"contacts file not found: {file}")
     try:
-        text = file.read_text(encoding="utf-8-sig")
+        # Streamed: a million-row file never sits in memory as text (the contacts list is big enough).
+        with file.open(encoding="utf-8-sig", newline="") as lines:
+            return parse_csv(lines, source=str(file), default_region=default_region)
     except (OSError, UnicodeDecodeError) as exc:
         raise ContactsError(f"cannot read contacts file {file}: {exc}") from exc
-    return parse_csv(io.StringIO(text), source=str(file), default_region=default_region)
 
 
 def parse_csv(lines: Iterable[str], source: str = "contacts", default_region: str | None = None) -> ContactList:

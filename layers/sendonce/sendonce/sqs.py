@@ -16,7 +16,8 @@ from sendonce.errors import EnqueueError
 from sendonce.models import QueueMessage
 
 BATCH = 10  # SendMessageBatch's limit
-IN_FLIGHT = 16
+# boto3 costs ~2.5 ms of CPU per call: 32 in flight keeps a 50 ms SendMessageBatch round trip busy.
+IN_FLIGHT = 32
 ATTEMPTS = 4
 # Retrying these cannot help: stop at once so the operator sees the cause.
 FATAL_CODES = frozenset(
