@@ -47,14 +47,14 @@ from xml.sax.saxutils import escape
 
 import botocore
 import psycopg
-from psycopg import sql
 from sendonce import campaigns, contacts, db, repository, sqs
 from sendonce.local import reset_clients
 from sendonce.migrate import migrate
+
+from _database import database
 from sendonce.observability import logger
 
 LAMBDA_LIMIT_SECONDS = 900
-ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 DUPLICATE_EVERY = 100  # 1% duplicates, in other formats
 INVALID_EVERY = 10_000
 # i -> (A * i + B) mod 10**8 is a permutation (A is coprime with 10**8): unique numbers without a set in memory.
@@ -173,34 +173,6 @@ def sqs_stand_in(latency_ms: float):
         child.join()
 
 
-@contextlib.contextmanager
-def database():
-    """Yield (dsn, description): DATABASE_URL, else a throwaway database on ADMIN_URL, else embedded."""
-    if os.environ.get("DATABASE_URL"):
-        yield os.environ["DATABASE_URL"], "DATABASE_URL"
-        return
-    try:
-        admin = psycopg.connect(ADMIN_URL, autocommit=True, connect_timeout=3)
-    except psycopg.OperationalError:
-        admin = None
-    if admin is None:
-        from sendonce.local.services import start_embedded_postgres
-
-        server = start_embedded_postgres()
-        try:
-            yield server.get_uri(), "embedded PostgreSQL (pgserver)"
-        finally:
-            server.cleanup()
-        return
-    name = f"sendonce_bench_{uuid.uuid4().hex[:8]}"
-    with admin:
-        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-        try:
-            yield ADMIN_URL.rsplit("/", 1)[0] + f"/{name}", f"throwaway database {name} on 127.0.0.1:5432"
-        finally:
-            admin.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
-
-
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
@@ -218,7 +190,7 @@ def phase(figures: dict, name: str):
 def run(count: int, latency_ms: float) -> dict:
     """Generate the CSV, create and enqueue the campaign as the CLI does, and return the figures."""
     logger.setLevel("WARNING")  # the package logs one JSON line per phase to stdout
-    with sqs_stand_in(latency_ms) as (queue_url, received, calls), database() as (dsn, described):
+    with sqs_stand_in(latency_ms) as (queue_url, received, calls), database("sendonce_bench") as (dsn, described):
         os.environ.update(
             AWS_ENDPOINT_URL_SQS=queue_url.rsplit("/", 2)[0],
             AWS_ACCESS_KEY_ID="bench",

@@ -53,7 +53,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import platform
 import re
 import statistics
@@ -62,13 +61,13 @@ import time
 import uuid
 
 import psycopg
-from psycopg import sql
 
 from sendonce import control, repository
 from sendonce.migrate import migrate
+
+from _database import database
 from sendonce.observability import logger
 
-ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 # Status by n % 100, as (status, share in percent); delivery_status of a sent row by (n / 100) % 20.
 RUNNING_MIX = (("sent", 90), ("failed", 5), ("ready", 3), ("processing", 1), ("cancelled", 1))
@@ -170,34 +169,6 @@ def build(conn: psycopg.Connection, rows: int, others: int, other_rows: int) -> 
     return measured, [p[0] for p in plan]
 
 
-@contextlib.contextmanager
-def database():
-    """Yield (dsn, description): DATABASE_URL, else a throwaway database on ADMIN_URL, else embedded."""
-    if os.environ.get("DATABASE_URL"):
-        yield os.environ["DATABASE_URL"], "DATABASE_URL"
-        return
-    try:
-        admin = psycopg.connect(ADMIN_URL, autocommit=True, connect_timeout=3)
-    except psycopg.OperationalError:
-        admin = None
-    if admin is None:
-        from sendonce.local.services import start_embedded_postgres
-
-        server = start_embedded_postgres()
-        try:
-            yield server.get_uri(), "embedded PostgreSQL (pgserver)"
-        finally:
-            server.cleanup()
-        return
-    name = f"sendonce_bench_recompute_{uuid.uuid4().hex[:8]}"
-    with admin:
-        admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-        try:
-            yield ADMIN_URL.rsplit("/", 1)[0] + f"/{name}", f"throwaway database {name} on 127.0.0.1:5432"
-        finally:
-            admin.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
-
-
 def recompute_select() -> str:
     """The recompute's FROM and WHERE as a SELECT (what the UPDATE joins campaigns with)."""
     tail = repository.RECOMPUTE_COUNTERS.split("FROM campaign_counters v", 1)[1].split("RETURNING", 1)[0]
@@ -243,7 +214,7 @@ def run(rows: int, repeat: int, others: int, other_rows: int, with_plans: bool) 
     """Build, measure, verify; return (figures, plans, mismatches)."""
     logger.setLevel("WARNING")
     problems: list[str] = []
-    with database() as (dsn, described):
+    with database("sendonce_bench_recompute") as (dsn, described):
         with psycopg.connect(dsn, autocommit=True) as admin:
             migrate(admin)
         with psycopg.connect(dsn, autocommit=True) as conn:

@@ -285,7 +285,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench = commands.add_parser("bench", help="measure the sender against the seed's per-message flow")
     bench.add_argument("--messages", type=int, default=2000, help="messages through the sender (default 2000)")
     bench.add_argument("--baseline-messages", type=int, default=200, help="messages through the seed's flow (default 200)")
-    bench.add_argument("--concurrency", type=int, default=1, help="concurrent sender invocations (default 1)")
+    bench.add_argument(
+        "--concurrency", type=int, default=4, help="concurrent sender invocations, as the event source runs them (default 4)"
+    )
     bench.add_argument("--latency-ms", type=int, default=100, help="fake Graph API latency (default 100)")
     bench.add_argument("--json", action="store_true", help="print one JSON object")
     bench.set_defaults(func=_cmd_bench)

@@ -153,7 +153,7 @@ def _run_seed(conn, graph: FakeGraph, messages: int) -> float:
 
 
 def run_bench(
-    messages: int = 2000, latency: float = 0.1, baseline_messages: int = 200, concurrency: int = 1
+    messages: int = 2000, latency: float = 0.1, baseline_messages: int = 200, concurrency: int = 4
 ) -> BenchResult:
     """Run both flows and return the figures."""
     saved_environ = dict(os.environ)  # restored at the end: this process may go on (tests)

@@ -78,8 +78,7 @@ class FakeGraph:
 
     def start(self) -> FakeGraph:
         """Serve on 127.0.0.1 on a free port, in a background thread."""
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
-        self._server.daemon_threads = True
+        self._server = _Server(("127.0.0.1", 0), _handler_for(self))
         threading.Thread(target=self._server.serve_forever, name="fake-graph", daemon=True).start()
         return self
 
@@ -134,6 +133,11 @@ class FakeGraph:
     def _log(self, to: str, fault: str, payload: dict) -> None:
         with self._lock:
             self.requests.append({"to": to, "fault": fault, "payload": payload, "at": time.time()})
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 128  # the default backlog of 5 refuses connections when many senders open at once
 
 
 def _handler_for(graph: FakeGraph) -> type[BaseHTTPRequestHandler]:

@@ -22,10 +22,10 @@ MAX_RECEIVE_COUNT = 5
 
 def start_embedded_postgres(data_dir: Path | None = None):
     """Start a private PostgreSQL server (the `pgserver` package) and return it; `.get_uri()` gives the DSN."""
+    # platformdirs warns (on importing pgserver, and in its processes) when this is unset, as on CI.
+    os.environ.setdefault("XDG_RUNTIME_DIR", tempfile.gettempdir())
     import pgserver
 
-    # platformdirs warns (in pgserver's own processes too) when this is unset, as it is on CI and in containers.
-    os.environ.setdefault("XDG_RUNTIME_DIR", tempfile.gettempdir())
     folder = data_dir or Path(tempfile.mkdtemp(prefix="sendonce-pg-"))
     return pgserver.get_server(folder, cleanup_mode="delete" if data_dir is None else "stop")
 
