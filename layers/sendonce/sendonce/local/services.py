@@ -23,7 +23,7 @@ MAX_RECEIVE_COUNT = 5
 def start_embedded_postgres(data_dir: Path | None = None):
     """Start a private PostgreSQL server (the `pgserver` package) and return it; `.get_uri()` gives the DSN."""
     # platformdirs warns (on importing pgserver, and in its processes) when this is unset, as on CI.
-    os.environ.setdefault("XDG_RUNTIME_DIR", tempfile.gettempdir())
+    os.environ.setdefault("XDG_RUNTIME_DIR", tempfile.mkdtemp(prefix="sendonce-runtime-"))  # mode 0700, as required
     import pgserver
 
     folder = data_dir or Path(tempfile.mkdtemp(prefix="sendonce-pg-"))
