@@ -11,7 +11,6 @@ to 1,000 messages/s (Meta's highest tier) so the pipeline, not the limit, is mea
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -22,7 +21,7 @@ import httpx
 
 from sendonce import db, repository
 from sendonce.idempotency import get_persistence_store
-from sendonce.local import reset_clients, services
+from sendonce.local import services
 from sendonce.local.fake_graph import FakeGraph
 from sendonce.local.lambda_runtime import LocalContext, load_handler
 from sendonce.local.pgtrace import count_round_trips
@@ -156,26 +155,8 @@ def run_bench(
     messages: int = 2000, latency: float = 0.1, baseline_messages: int = 200, concurrency: int = 4
 ) -> BenchResult:
     """Run both flows and return the figures."""
-    saved_environ = dict(os.environ)  # restored at the end: this process may go on (tests)
-    embedded = None
-    if not os.environ.get("DATABASE_URL"):
-        embedded = services.start_embedded_postgres()
-        os.environ["DATABASE_URL"] = embedded.get_uri()
-    moto = services.MotoProcess()
-    graph = FakeGraph(token="bench-token", latency=latency).start()
-    try:
-        resources = services.create_aws_resources(f"sendonce-bench-{uuid.uuid4().hex[:8]}")
-        os.environ.update(resources.environ())
-        os.environ.update(
-            {
-                "WHATSAPP_API_BASE_URL": graph.url,
-                "WHATSAPP_ACCESS_TOKEN": graph.token,
-                "WHATSAPP_MAX_MPS": "1000",
-                "AWS_LAMBDA_FUNCTION_NAME": "sendonce-bench-sender",
-                "POWERTOOLS_TRACE_DISABLED": "true",
-            }
-        )
-        reset_clients()
+    graph = FakeGraph(token="bench-token", latency=latency)
+    with services.local_stack("sendonce-bench", graph, moto_process=True, environ={"WHATSAPP_MAX_MPS": "1000"}) as stack:
         conn = db.connect()
         migrate(conn)
         ours = _run_sendonce(conn, graph, messages, concurrency)
@@ -195,13 +176,5 @@ def run_bench(
             speedup_vs_seed_baseline=round(rate / baseline_rate, 1),
             graph_latency_ms=round(latency * 1000),
             duplicates=len(graph.duplicates()),
-            database="embedded PostgreSQL" if embedded else "DATABASE_URL",
+            database=stack.database,
         )
-    finally:
-        reset_clients()
-        graph.stop()
-        moto.stop()
-        if embedded is not None:
-            embedded.cleanup()
-        os.environ.clear()
-        os.environ.update(saved_environ)

@@ -7,16 +7,14 @@ server; the sender handler of functions/sender/app.py is fed by the local SQS ev
 from __future__ import annotations
 
 import csv
-import os
 import random
 import tempfile
 import time
-import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from sendonce import campaigns, contacts, db, repository
-from sendonce.local import reset_clients, services
+from sendonce.local import services
 from sendonce.local.event_source import SqsEventSource, queue_depth
 from sendonce.local.fake_graph import FakeGraph
 from sendonce.local.lambda_runtime import load_handler
@@ -70,26 +68,11 @@ def write_contacts(path: Path, count: int, seed: int = 1) -> int:
 def local_run(contact_count: int = 200, chaos: bool = False, concurrency: int = 2) -> LocalRunReport:
     """Run one campaign of `contact_count` contacts through the whole pipeline and report what happened."""
     started = time.monotonic()
-    saved_environ = dict(os.environ)  # restored at the end: this process may go on (tests)
-    embedded = None
-    if not os.environ.get("DATABASE_URL"):
-        embedded = services.start_embedded_postgres()
-        os.environ["DATABASE_URL"] = embedded.get_uri()
-    moto = services.start_moto_server()
-    graph = FakeGraph(token="local-token", chaos=0.15 if chaos else 0.0).start()
-    try:
-        resources = services.create_aws_resources(f"sendonce-local-{uuid.uuid4().hex[:8]}", visibility_timeout=2)
-        os.environ.update(resources.environ())
-        os.environ.update(
-            {
-                "WHATSAPP_API_BASE_URL": graph.url,
-                "WHATSAPP_ACCESS_TOKEN": "local-token",
-                "WHATSAPP_TIMEOUT_SECONDS": "2",
-                "AWS_LAMBDA_FUNCTION_NAME": "sendonce-local-sender",
-                "POWERTOOLS_TRACE_DISABLED": "true",
-            }
-        )
-        reset_clients()
+    graph = FakeGraph(token="local-token", chaos=0.15 if chaos else 0.0)
+    with services.local_stack(
+        "sendonce-local", graph, visibility_timeout=2, environ={"WHATSAPP_TIMEOUT_SECONDS": "2"}
+    ) as stack:
+        resources = stack.resources
         conn = db.get_conn()
         migrate(conn)
         with tempfile.TemporaryDirectory() as folder:
@@ -118,7 +101,7 @@ def local_run(contact_count: int = 200, chaos: bool = False, concurrency: int = 
             dlq_messages=dlq_depth,
             sender_invocations=source.stats.invocations,
             seconds=round(time.monotonic() - started, 1),
-            database="embedded PostgreSQL" if embedded else "DATABASE_URL",
+            database=stack.database,
         )
         if counters["pending"]:
             report.notes.append(
@@ -126,14 +109,6 @@ def local_run(contact_count: int = 200, chaos: bool = False, concurrency: int = 
                 "(ambiguous window); reset_stuck or the status webhook resolves them."
             )
         return report
-    finally:
-        reset_clients()
-        graph.stop()
-        moto.stop()
-        if embedded is not None:
-            embedded.cleanup()
-        os.environ.clear()
-        os.environ.update(saved_environ)
 
 
 def report_lines(report: LocalRunReport) -> list[str]:

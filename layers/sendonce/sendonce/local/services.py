@@ -7,6 +7,8 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
+from contextlib import contextmanager
 import logging
 import os
 import tempfile
@@ -122,3 +124,50 @@ def create_aws_resources(prefix: str, visibility_timeout: int = 180) -> AwsResou
         TableName=table, TimeToLiveSpecification={"Enabled": True, "AttributeName": "expiration"}
     )
     return AwsResources(queue_url, dlq_url, table)
+
+
+@dataclass(frozen=True)
+class LocalStack:
+    """What `local_stack` set up."""
+
+    resources: AwsResources
+    database: str
+
+
+@contextmanager
+def local_stack(prefix: str, graph, *, moto_process: bool = False, visibility_timeout: int = 180, environ=None):
+    """PostgreSQL (embedded unless DATABASE_URL), moto, the stack's queues and table, and `graph` (a FakeGraph),
+    with the environment pointing at them; on exit everything is stopped and the environment restored."""
+    from sendonce.local import reset_clients
+
+    saved_environ = dict(os.environ)  # this process may go on (tests)
+    embedded = None
+    try:
+        if not os.environ.get("DATABASE_URL"):
+            embedded = start_embedded_postgres()
+            os.environ["DATABASE_URL"] = embedded.get_uri()
+        moto = MotoProcess() if moto_process else start_moto_server()
+        graph.start()
+        try:
+            resources = create_aws_resources(f"{prefix}-{uuid.uuid4().hex[:8]}", visibility_timeout)
+            os.environ.update(
+                {
+                    **resources.environ(),
+                    "WHATSAPP_API_BASE_URL": graph.url,
+                    "WHATSAPP_ACCESS_TOKEN": graph.token,
+                    "AWS_LAMBDA_FUNCTION_NAME": f"{prefix}-sender",
+                    "POWERTOOLS_TRACE_DISABLED": "true",
+                    **(environ or {}),
+                }
+            )
+            reset_clients()
+            yield LocalStack(resources, "embedded PostgreSQL" if embedded else "DATABASE_URL")
+        finally:
+            reset_clients()
+            graph.stop()
+            moto.stop()
+    finally:
+        if embedded is not None:
+            embedded.cleanup()
+        os.environ.clear()
+        os.environ.update(saved_environ)
