@@ -20,7 +20,7 @@ import boto3
 from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response, content_types
 from aws_lambda_powertools.event_handler.exceptions import NotFoundError
 
-from sendonce import campaigns, contacts, control, s3
+from sendonce import campaigns, contacts, control, repository, s3
 from sendonce.config import get_settings, require
 from sendonce.db import get_conn
 from sendonce.errors import (
@@ -132,10 +132,14 @@ def create_campaign() -> Response:
     body = _body()
     new = _new_campaign(body)
     region = body.get("default_country")
+    if region is not None and not (isinstance(region, str) and len(region) == 2):
+        raise RequestError("default_country must be a two-letter ISO country code")
     if ("contacts" in body) == ("contacts_s3" in body):
         raise RequestError("give exactly one of contacts (inline list) or contacts_s3 ({bucket, key})")
     if "contacts_s3" in body:
         location = _s3_location(body["contacts_s3"])
+        if repository.campaign_status(get_conn(), new.id) is not None:
+            raise CampaignStateError(f"campaign {new.id} already exists")
         # Fail fast on a file that cannot be a contact list; the rows are read by the asynchronous job.
         contacts.check_header(s3.csv_lines(**location), source=f"s3://{location['bucket']}/{location['key']}")
         _start_job({"campaign": _job_campaign(new), "contacts_s3": location, "default_country": region})
