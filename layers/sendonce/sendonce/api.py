@@ -21,7 +21,7 @@ from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
 from aws_lambda_powertools.event_handler.exceptions import NotFoundError
 
 from sendonce import campaigns, contacts, control, repository, s3
-from sendonce.config import get_settings, require
+from sendonce.config import require, send_queue_url
 from sendonce.db import get_conn
 from sendonce.errors import (
     CampaignInputError,
@@ -123,10 +123,6 @@ def _new_campaign(body: dict) -> campaigns.NewCampaign:
     return new
 
 
-def _queue_url() -> str:
-    return require(get_settings().send_queue_url, "SEND_QUEUE_URL")
-
-
 @app.post("/campaigns")
 def create_campaign() -> Response:
     body = _body()
@@ -145,7 +141,7 @@ def create_campaign() -> Response:
         _start_job({"campaign": _job_campaign(new), "contacts_s3": location, "default_country": region})
         return _json(HTTPStatus.ACCEPTED, {"campaign_id": new.id, "status": "creating", "location": f"/campaigns/{new.id}"})
     contact_list = contacts.from_records(body["contacts"], default_region=region)
-    created = campaigns.create_campaign(get_conn(), new, contact_list, _queue_url())
+    created = campaigns.create_campaign(get_conn(), new, contact_list, send_queue_url())
     return _json(HTTPStatus.CREATED, created.as_json())
 
 
@@ -194,10 +190,10 @@ def run_job(event: dict) -> dict:
         s3.csv_lines(**location), source=f"s3://{location['bucket']}/{location['key']}", default_region=event.get("default_country")
     )
     try:
-        created = campaigns.create_campaign(get_conn(), new, contact_list, _queue_url())
+        created = campaigns.create_campaign(get_conn(), new, contact_list, send_queue_url())
     except CampaignStateError:
         # A retried job after the campaign was written: finish the enqueue, which is harmless to repeat.
-        return {"campaign_id": new.id, "enqueued": campaigns.enqueue_campaign(get_conn(), new.id, _queue_url())}
+        return {"campaign_id": new.id, "enqueued": campaigns.enqueue_campaign(get_conn(), new.id, send_queue_url())}
     return created.as_json()
 
 
@@ -218,7 +214,7 @@ def pause(campaign_id: str) -> Response:
 
 @app.post("/campaigns/<campaign_id>/resume")
 def resume(campaign_id: str) -> Response:
-    return _json(HTTPStatus.OK, control.resume(get_conn(), campaign_id, _queue_url()))
+    return _json(HTTPStatus.OK, control.resume(get_conn(), campaign_id, send_queue_url()))
 
 
 @app.post("/campaigns/<campaign_id>/cancel")
@@ -228,4 +224,4 @@ def cancel(campaign_id: str) -> Response:
 
 @app.post("/campaigns/<campaign_id>/retry-failed")
 def retry_failed(campaign_id: str) -> Response:
-    return _json(HTTPStatus.OK, control.retry_failed(get_conn(), campaign_id, _queue_url()))
+    return _json(HTTPStatus.OK, control.retry_failed(get_conn(), campaign_id, send_queue_url()))

@@ -8,6 +8,7 @@ import os
 import sys
 
 from sendonce import __version__
+from sendonce.config import send_queue_url
 from sendonce.errors import (
     CampaignInputError,
     CampaignNotFoundError,
@@ -34,12 +35,6 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _queue_url() -> str:
-    from sendonce.config import get_settings, require
-
-    return require(get_settings().send_queue_url, "SEND_QUEUE_URL")
-
-
 def _progress(total: int, label: str, enabled: bool):
     from tqdm import tqdm
 
@@ -53,7 +48,7 @@ def _cmd_campaign_create(args: argparse.Namespace) -> int:
         name=args.name, template_name=args.template, language_code=args.language, phone_number_id=args.phone_number_id
     )
     campaign.validate()
-    queue_url = _queue_url()
+    queue_url = send_queue_url()
     contact_list = contacts.read_csv(args.contacts, default_region=args.default_country)
     with _progress(len(contact_list.contacts), "enqueue", sys.stderr.isatty()) as bar:
         created = campaigns.create_campaign(db.get_conn(), campaign, contact_list, queue_url, on_progress=bar.update)
@@ -72,7 +67,7 @@ def _cmd_campaign_create(args: argparse.Namespace) -> int:
 def _cmd_campaign_enqueue(args: argparse.Namespace) -> int:
     from sendonce import campaigns, db
 
-    queue_url = _queue_url()
+    queue_url = send_queue_url()
     with _progress(0, "enqueue", sys.stderr.isatty()) as bar:
         sent = campaigns.enqueue_campaign(db.get_conn(), args.campaign_id, queue_url, on_progress=bar.update)
     print(f"campaign {args.campaign_id}: {sent} ready rows enqueued")
@@ -123,11 +118,11 @@ def _cmd_campaign_control(args: argparse.Namespace) -> int:
     if action == "pause":
         result = control.pause(conn, args.campaign_id)
     elif action == "resume":
-        result = control.resume(conn, args.campaign_id, _queue_url())
+        result = control.resume(conn, args.campaign_id, send_queue_url())
     elif action == "cancel":
         result = control.cancel(conn, args.campaign_id)
     else:
-        result = control.retry_failed(conn, args.campaign_id, _queue_url())
+        result = control.retry_failed(conn, args.campaign_id, send_queue_url())
     if args.json:
         print(json.dumps(result))
         return 0
@@ -170,7 +165,7 @@ def _cmd_dlq_redrive(args: argparse.Namespace) -> int:
     from sendonce import recovery
     from sendonce.config import get_settings, require
 
-    moved = recovery.redrive(require(get_settings().dlq_url, "DLQ_URL"), _queue_url())
+    moved = recovery.redrive(require(get_settings().dlq_url, "DLQ_URL"), send_queue_url())
     print(f"moved {moved} messages from the DLQ back to the send queue")
     return 0
 

@@ -113,6 +113,11 @@ def require(value: str | None, name: str) -> str:
     return value
 
 
+def send_queue_url() -> str:
+    """SEND_QUEUE_URL, which every operation that enqueues needs; raises `ConfigError` when unset."""
+    return require(get_settings().send_queue_url, "SEND_QUEUE_URL")
+
+
 def resolve_secret(value: str) -> str:
     """Return `value`, or the secret it names when it is a Secrets Manager ARN (cached by Powertools for 5 min)."""
     if not (value.startswith("arn:") and ":secretsmanager:" in value):

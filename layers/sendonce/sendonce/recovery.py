@@ -7,7 +7,7 @@ import uuid
 import psycopg
 
 from sendonce import repository, sqs
-from sendonce.config import get_settings, require
+from sendonce.config import get_settings, send_queue_url
 from sendonce.errors import EnqueueError, MalformedMessageError
 from sendonce.models import QueueMessage
 from sendonce.observability import logger
@@ -29,7 +29,7 @@ def reset_stuck(conn: psycopg.Connection, queue_url: str | None = None) -> dict:
         {"reset": n, "failed": n, "cancelled": n, "enqueued": n}
     """
     settings = get_settings()
-    queue_url = queue_url or require(settings.send_queue_url, "SEND_QUEUE_URL")
+    queue_url = queue_url or send_queue_url()
     with conn.transaction():
         rows = repository.reset_stuck(conn, settings.stuck_after_seconds, settings.ambiguous_policy, RESET_LIMIT)
         enqueue_id = uuid.uuid4().hex

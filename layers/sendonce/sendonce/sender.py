@@ -22,7 +22,7 @@ from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.idempotency import idempotent_function
 
 from sendonce import graph_errors, repository, sqs, whatsapp
-from sendonce.config import get_settings, require
+from sendonce.config import get_settings, send_queue_url
 from sendonce.db import get_conn
 from sendonce.errors import (
     BatchAbortedError,
@@ -286,7 +286,7 @@ class _Rendezvous:
         enqueue_id = uuid.uuid4().hex
         messages = [(QueueMessage(row_id, rows[row_id].campaign_id, enqueue_id), r.delay) for row_id, r in deferred.items()]
         try:
-            sqs.send_delayed(require(get_settings().send_queue_url, "SEND_QUEUE_URL"), messages)
+            sqs.send_delayed(send_queue_url(), messages)
         except (EnqueueError, ConfigError) as exc:
             logger.warning("could not re-enqueue deferred rows; their messages will be retried", error=str(exc))
             for row_id in deferred:
