@@ -8,7 +8,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import psycopg
-from psycopg.rows import dict_row
+from psycopg.rows import dict_row, tuple_row
 
 from sendonce.db import drop_conn
 from sendonce.errors import CampaignStateError, DatabaseError
@@ -384,6 +384,16 @@ def _wrap(exc: psycopg.Error, what: str) -> DatabaseError:
     return DatabaseError(f"{what}: {exc}")
 
 
+def _rows(conn: psycopg.Connection, statement: str, params: dict, what: str, *, dicts: bool = False) -> list:
+    """Run one statement and return its rows (dicts when asked); driver errors become `DatabaseError`."""
+    try:
+        with conn.cursor(row_factory=dict_row if dicts else tuple_row) as cur:
+            cur.execute(statement, params)
+            return cur.fetchall() if cur.description else []
+    except psycopg.Error as exc:
+        raise _wrap(exc, what) from exc
+
+
 def claim_rows(
     conn: psycopg.Connection, messages: Iterable[QueueMessage], token: uuid.UUID, default_mps: int
 ) -> dict[int, ClaimOutcome]:
@@ -398,12 +408,7 @@ def claim_rows(
         "token": token,
         "default_mps": default_mps,
     }
-    try:
-        with conn.cursor(row_factory=dict_row) as cur:
-            rows = cur.execute(CLAIM_ROWS, params).fetchall()
-    except psycopg.Error as exc:
-        raise _wrap(exc, "claim failed") from exc
-    return {r["id"]: _claim_outcome(r) for r in rows}
+    return {r["id"]: _claim_outcome(r) for r in _rows(conn, CLAIM_ROWS, params, "claim failed", dicts=True)}
 
 
 def _claim_outcome(r: dict) -> ClaimOutcome:
@@ -451,10 +456,7 @@ def finalize_rows(
         "halt_campaign_ids": list(halts),
         "halt_reasons": list(halts.values()),
     }
-    try:
-        return {row[0] for row in conn.execute(FINALIZE_ROWS, params).fetchall()}
-    except psycopg.Error as exc:
-        raise _wrap(exc, "finalize failed") from exc
+    return {row[0] for row in _rows(conn, FINALIZE_ROWS, params, "finalize failed")}
 
 
 def insert_campaign(conn: psycopg.Connection, fields: dict, rows: Iterable[tuple[str, tuple[str, ...]]]) -> None:
@@ -476,11 +478,8 @@ def insert_campaign(conn: psycopg.Connection, fields: dict, rows: Iterable[tuple
 
 def campaign_status(conn: psycopg.Connection, campaign_id: str) -> str | None:
     """The campaign's status, or None when it does not exist."""
-    try:
-        row = conn.execute(SELECT_CAMPAIGN_EXISTS, {"campaign_id": campaign_id}).fetchone()
-    except psycopg.Error as exc:
-        raise _wrap(exc, "reading the campaign failed") from exc
-    return row[0] if row else None
+    rows = _rows(conn, SELECT_CAMPAIGN_EXISTS, {"campaign_id": campaign_id}, "reading the campaign failed")
+    return rows[0][0] if rows else None
 
 
 def ready_row_ids(conn: psycopg.Connection, campaign_id: str, chunk: int = 10_000) -> Iterator[int]:
@@ -497,56 +496,36 @@ def ready_row_ids(conn: psycopg.Connection, campaign_id: str, chunk: int = 10_00
 
 def counters(conn: psycopg.Connection, campaign_id: str) -> dict | None:
     """The campaign's numbers from the one definition, `campaign_counters`; None when it does not exist."""
-    try:
-        with conn.cursor(row_factory=dict_row) as cur:
-            return cur.execute(SELECT_COUNTERS, {"campaign_id": campaign_id}).fetchone()
-    except psycopg.Error as exc:
-        raise _wrap(exc, "reading counters failed") from exc
+    rows = _rows(conn, SELECT_COUNTERS, {"campaign_id": campaign_id}, "reading counters failed", dicts=True)
+    return rows[0] if rows else None
 
 
 def campaign_list(conn: psycopg.Connection, limit: int = 50) -> list[dict]:
     """The newest campaigns with their numbers, from `campaign_counters`."""
-    try:
-        with conn.cursor(row_factory=dict_row) as cur:
-            return cur.execute(SELECT_CAMPAIGN_LIST, {"limit": limit}).fetchall()
-    except psycopg.Error as exc:
-        raise _wrap(exc, "listing campaigns failed") from exc
+    return _rows(conn, SELECT_CAMPAIGN_LIST, {"limit": limit}, "listing campaigns failed", dicts=True)
 
 
 def change_campaign(conn: psycopg.Connection, statement: str, campaign_id: str, **params) -> tuple[str, int] | None:
     """Run one of the control statements; return (status found, rows or campaigns changed), None if no campaign."""
-    try:
-        row = conn.execute(statement, {"campaign_id": campaign_id, **params}).fetchone()
-    except psycopg.Error as exc:
-        raise _wrap(exc, "changing the campaign failed") from exc
-    return (row[0], row[1]) if row else None
+    rows = _rows(conn, statement, {"campaign_id": campaign_id, **params}, "changing the campaign failed")
+    return (rows[0][0], rows[0][1]) if rows else None
 
 
 def recompute_counters(conn: psycopg.Connection, campaign_id: str | None = None) -> list[tuple[str, str]]:
     """Write campaigns.total_* from `campaign_counters` (all unfinished campaigns, or one); return (id, status)."""
-    try:
-        return conn.execute(RECOMPUTE_COUNTERS, {"campaign_id": campaign_id}).fetchall()
-    except psycopg.Error as exc:
-        raise _wrap(exc, "recomputing counters failed") from exc
+    return _rows(conn, RECOMPUTE_COUNTERS, {"campaign_id": campaign_id}, "recomputing counters failed")
 
 
 def stored_totals(conn: psycopg.Connection, campaign_id: str) -> dict | None:
     """The campaigns.total_* snapshot as last written by `recompute_counters`."""
-    try:
-        with conn.cursor(row_factory=dict_row) as cur:
-            return cur.execute(SELECT_STORED_TOTALS, {"campaign_id": campaign_id}).fetchone()
-    except psycopg.Error as exc:
-        raise _wrap(exc, "reading the campaign failed") from exc
+    rows = _rows(conn, SELECT_STORED_TOTALS, {"campaign_id": campaign_id}, "reading the campaign failed", dicts=True)
+    return rows[0] if rows else None
 
 
 def reset_stuck(conn: psycopg.Connection, stuck_after: int, policy: str, limit: int) -> list[tuple[int, str, str]]:
     """Reset stuck rows in the current transaction; return (id, campaign_id, new status) for each."""
-    try:
-        return conn.execute(
-            RESET_STUCK, {"stuck_after": stuck_after, "policy": policy, "limit": limit}
-        ).fetchall()
-    except psycopg.Error as exc:
-        raise _wrap(exc, "resetting stuck rows failed") from exc
+    params = {"stuck_after": stuck_after, "policy": policy, "limit": limit}
+    return _rows(conn, RESET_STUCK, params, "resetting stuck rows failed")
 
 
 def settle_dead_letters(conn: psycopg.Connection, exhausted: list[dict], unusable: list[dict]) -> set[int]:
@@ -583,11 +562,7 @@ def settle_dead_letters(conn: psycopg.Connection, exhausted: list[dict], unusabl
 
 def dead_letters(conn: psycopg.Connection, limit: int = 50) -> list[dict]:
     """The newest dead letters."""
-    try:
-        with conn.cursor(row_factory=dict_row) as cur:
-            return cur.execute(SELECT_DEAD_LETTERS, {"limit": limit}).fetchall()
-    except psycopg.Error as exc:
-        raise _wrap(exc, "reading dead letters failed") from exc
+    return _rows(conn, SELECT_DEAD_LETTERS, {"limit": limit}, "reading dead letters failed", dicts=True)
 
 
 def apply_statuses(conn: psycopg.Connection, statuses: list[dict]) -> int:
