@@ -4,7 +4,7 @@ The issue asks that a million-contact campaign be created and enqueued inside on
 This script does what `sendonce campaign create` does, with the package's own functions, and times:
 
 1. `contacts.read_csv`: parse, normalise every number to E.164, collapse duplicates;
-2. `repository.insert_campaign`: the campaign row and COPY of every recipient, in one transaction;
+2. `repository.campaigns.insert_campaign`: the campaign row and COPY of every recipient, in one transaction;
 3. `campaigns.enqueue_campaign`: stream the ready row ids through a server-side cursor and call
    SendMessageBatch (10 messages each) with `sqs.IN_FLIGHT` calls in flight;
 
@@ -47,7 +47,8 @@ from xml.sax.saxutils import escape
 
 import botocore
 import psycopg
-from sendonce import campaigns, contacts, db, repository, sqs
+from sendonce import campaigns, contacts, db, sqs
+from sendonce.repository import campaigns as repository
 from sendonce.local import reset_clients
 from sendonce.migrate import migrate
 

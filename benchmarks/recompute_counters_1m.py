@@ -2,7 +2,7 @@
 
 Measured, in the same run and on the same data:
 
-* sendonce, all: `sendonce.control.recompute(conn)`, the one UPDATE (`repository.RECOMPUTE_COUNTERS`) that
+* sendonce, all: `sendonce.control.recompute(conn)`, the one UPDATE (`repository.control.RECOMPUTE_COUNTERS`) that
   the recompute_counters Lambda runs on a schedule. It writes campaigns.total_* of every unfinished campaign
   (and of those finished less than 7 days ago) from the `campaign_counters` view, which counts each campaign
   with an index-only scan of send_queue_counting_idx.
@@ -62,7 +62,8 @@ import uuid
 
 import psycopg
 
-from sendonce import control, repository
+from sendonce import control
+from sendonce.repository import control as repository
 from sendonce.migrate import migrate
 
 from _database import database

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import psycopg
 import psycopg.rows
 
-from sendonce.local.lambda_runtime import PROJECT_ROOT
+from sendonce.local.lambda_runtime import PROJECT_ROOT, LocalContext, load_handler
 
 EVENTS = PROJECT_ROOT / "events"
 
@@ -43,10 +46,16 @@ sys.exit(3)  # it should have been killed before this line
 """
 
 
-def kill_sender_when_accepted(event: dict, graph, to: str, folder: Path, timeout_seconds: float = 2) -> int:
+KILLED_SENDER_TIMEOUT = 8.0
+
+
+def kill_sender_when_accepted(
+    event: dict, graph, to: str, folder: Path, timeout_seconds: float = KILLED_SENDER_TIMEOUT
+) -> int:
     """Run the sender on `event` in a child process, SIGKILLed the moment the fake Graph accepts `to`'s send.
 
-    `timeout_seconds` is the dead invocation's Lambda timeout (its idempotency record expires after it).
+    `timeout_seconds` is the dead invocation's Lambda timeout (its idempotency records expire after it; a few
+    seconds at least, or the sender keeps too little of its window to send at all).
     Returns the child's exit code (-SIGKILL when it was killed as planned).
     """
     event_file = folder / "event.json"
@@ -55,3 +64,49 @@ def kill_sender_when_accepted(event: dict, graph, to: str, folder: Path, timeout
     graph.plan(to, "crash")
     graph.on_crash = lambda payload: os.kill(child.pid, signal.SIGKILL)
     return child.wait(timeout=60)
+
+
+def sleep_past_killed_invocation(conn: psycopg.Connection, row_id: int, timeout_seconds: float = KILLED_SENDER_TIMEOUT) -> None:
+    """Sleep until the killed invocation that claimed `row_id` would have timed out (by the database's clock)."""
+    left = conn.execute(
+        "SELECT extract(epoch FROM claimed_at + make_interval(secs => %s) - clock_timestamp()) FROM send_queue WHERE id = %s",
+        (timeout_seconds + 0.5, row_id),
+    ).fetchone()[0]
+    time.sleep(max(float(left), 0))
+
+
+WEBHOOK_SECRET = "example-app-secret"  # the app secret events/webhook_status_post.json is signed with
+
+
+def invoke_webhook(event: dict) -> dict:
+    """The webhook handler, invoked as `sam local invoke` would."""
+    return load_handler("webhook")(event, LocalContext("webhook"))
+
+
+def post_statuses(statuses: list[dict], secret: str | None = WEBHOOK_SECRET) -> dict:
+    """POST a status payload to the webhook handler, signed with `secret` (None: unsigned)."""
+    body = json.dumps({"object": "whatsapp_business_account", "entry": [{"id": "1", "changes": [
+        {"field": "messages", "value": {"messaging_product": "whatsapp", "statuses": statuses}}]}]})
+    event = load_event("webhook_status_post.json")
+    event["body"] = body
+    event["headers"].pop("x-hub-signature-256")
+    if secret is not None:
+        event["headers"]["x-hub-signature-256"] = "sha256=" + hmac.new(secret.encode(), body.encode(), hashlib.sha256).hexdigest()
+    return invoke_webhook(event)
+
+
+def status_update(
+    wamid: str, status: str, at: int, callback: str | None = None, code: int | None = None, to: str = ""
+) -> dict:
+    """One status object as Meta sends it in a webhook."""
+    update = {"id": wamid, "status": status, "timestamp": str(at), "recipient_id": to}
+    if callback is not None:
+        update["biz_opaque_callback_data"] = callback
+    if code is not None:
+        update["errors"] = [{"code": code, "title": f"error {code}"}]
+    return update
+
+
+def callback_sent_to(graph, to: str) -> str:
+    """The biz_opaque_callback_data the sender gave Meta with its first message to `to`."""
+    return next(r["payload"]["biz_opaque_callback_data"] for r in graph.requests if r["to"] == to)

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from sendonce import sender
-from sendonce.idempotency import IDEMPOTENCY_CONFIG
 from sendonce.observability import logger, tracer
 
 if TYPE_CHECKING:
@@ -15,5 +14,5 @@ if TYPE_CHECKING:
 @logger.inject_lambda_context
 @tracer.capture_lambda_handler(capture_response=False)
 def lambda_handler(event: dict, context: LambdaContext) -> dict:
-    IDEMPOTENCY_CONFIG.register_lambda_context(context)
+    # The idempotency gate reads the invocation's remaining time from `context` itself (sendonce.sender).
     return sender.process_batch(event, context)

@@ -123,7 +123,7 @@ def test_retry_failed_resends_only_retryable_failures(make_campaign, graph, pg_c
     campaign_id = make_campaign(*(phone(i) for i in range(1, 7)))
     event_source.run_until_empty(timeout=60)
     pg_conn.execute(
-        "UPDATE send_queue SET updated_at = now() - interval '25 hours' WHERE phone_number = %s", (phone(4),)
+        "UPDATE send_queue SET finished_at = now() - interval '25 hours' WHERE phone_number = %s", (phone(4),)
     )
     pg_conn.execute(
         "UPDATE send_queue SET whatsapp_message_id = 'wamid.OLD' WHERE phone_number = %s", (phone(5),)
@@ -157,7 +157,7 @@ def test_status_numbers_identical_from_cli_api_and_campaigns_row(make_campaign, 
     cli = _cli_json(capsys, "campaign", "status", campaign_id)
     code, api = _api_call("GET", f"/campaigns/{campaign_id}")
     control.recompute(pg_conn)
-    from sendonce.repository import stored_totals
+    from sendonce.repository.control import stored_totals
 
     stored = stored_totals(pg_conn, campaign_id)
 

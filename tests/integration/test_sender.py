@@ -8,12 +8,12 @@ from __future__ import annotations
 import json
 import signal
 import threading
-import time
 import uuid
 
+from sendonce import callback
 from sendonce.local.event_source import SqsEventSource, queue_depth
 from sendonce.sqs import get_sqs_client
-from tests.helpers import kill_sender_when_accepted, load_event, phone, queue_rows
+from tests.helpers import kill_sender_when_accepted, load_event, phone, queue_rows, sleep_past_killed_invocation
 
 FILE_CAMPAIGN_ID = "4d46271f-f3b4-4f5b-a2c7-6dbad447a845"
 
@@ -47,8 +47,9 @@ def test_sender_events_file_sends_each_row_once(make_campaign, graph, pg_conn, s
     for number in (phone(1), phone(2)):
         assert rows[number]["status"] == "sent"
         assert rows[number]["whatsapp_message_id"] == graph.wamids[number][0]
-    callback_data = {r["payload"]["to"]: r["payload"]["biz_opaque_callback_data"] for r in graph.requests}
-    assert callback_data == {phone(1): "1", phone(2): "2"}
+    key = pg_conn.execute("SELECT callback_key FROM deployment").fetchone()[0]
+    named = {r["payload"]["to"]: callback.verify(key, r["payload"]["biz_opaque_callback_data"]) for r in graph.requests}
+    assert named == {phone(1): (campaign_id, 1), phone(2): (campaign_id, 2)}
 
     # And invoking the same file again (a redelivery) sends nothing more and fails nothing
     assert sender_handler(event, lambda_context) == {"batchItemFailures": []}
@@ -243,7 +244,7 @@ def test_sender_killed_after_meta_accepted_and_redelivered_sends_once(
     assert graph.accepted == {phone(1): 1}
 
     # When it is redelivered after the dead invocation's time ran out
-    time.sleep(2.5)
+    sleep_past_killed_invocation(pg_conn, queue_rows(pg_conn, campaign_id)[phone(1)]["id"])
     second = event_source.handler(event, lambda_context)
 
     # Then the record is acknowledged without a send: the row is not ready, so the claim skips it

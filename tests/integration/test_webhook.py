@@ -2,53 +2,34 @@
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import signal
 import time
 
 import pytest
 
-from sendonce import control, db
+from sendonce import control, db, webhook
 from sendonce.local.lambda_runtime import LocalContext, load_handler
 from sendonce.local.pgtrace import count_round_trips
-from tests.helpers import kill_sender_when_accepted, load_event, phone, queue_rows
+from tests.helpers import (
+    WEBHOOK_SECRET,
+    callback_sent_to,
+    invoke_webhook,
+    kill_sender_when_accepted,
+    load_event,
+    phone,
+    post_statuses,
+    queue_rows,
+    sleep_past_killed_invocation,
+    status_update,
+)
 from tests.integration.test_sender import _batch_of
 
-SECRET = "example-app-secret"  # the secret events/webhook_status_post.json is signed with
 FILE_CAMPAIGN_ID = "4d46271f-f3b4-4f5b-a2c7-6dbad447a845"
-
-
 @pytest.fixture(autouse=True)
 def _webhook_settings(monkeypatch):
-    monkeypatch.setenv("WHATSAPP_APP_SECRET", SECRET)
+    monkeypatch.setenv("WHATSAPP_APP_SECRET", WEBHOOK_SECRET)
     monkeypatch.setenv("WEBHOOK_VERIFY_TOKEN", "example-verify-token")
-
-
-def _invoke(event: dict) -> dict:
-    return load_handler("webhook")(event, LocalContext("webhook"))
-
-
-def _post(statuses: list[dict], secret: str | None = SECRET) -> dict:
-    """POST a status payload, signed with `secret` (None: unsigned)."""
-    body = json.dumps({"object": "whatsapp_business_account", "entry": [{"id": "1", "changes": [
-        {"field": "messages", "value": {"messaging_product": "whatsapp", "statuses": statuses}}]}]})
-    event = load_event("webhook_status_post.json")
-    event["body"] = body
-    event["headers"].pop("x-hub-signature-256")
-    if secret is not None:
-        event["headers"]["x-hub-signature-256"] = "sha256=" + hmac.new(secret.encode(), body.encode(), hashlib.sha256).hexdigest()
-    return _invoke(event)
-
-
-def _status(wamid: str, status: str, at: int, row_id: int | None = None, code: int | None = None, to: str = "") -> dict:
-    update = {"id": wamid, "status": status, "timestamp": str(at), "recipient_id": to}
-    if row_id is not None:
-        update["biz_opaque_callback_data"] = str(row_id)
-    if code is not None:
-        update["errors"] = [{"code": code, "title": f"error {code}"}]
-    return update
 
 
 def _stored_statuses(pg_conn) -> int:
@@ -57,9 +38,9 @@ def _stored_statuses(pg_conn) -> int:
 
 def test_webhook_get_verification_echoes_challenge_or_refuses(pg_conn):
     event = load_event("webhook_verify_get.json")
-    assert _invoke(event) == {"statusCode": 200, "headers": {"Content-Type": "text/plain"}, "body": "1158201444"}
+    assert invoke_webhook(event) == {"statusCode": 200, "headers": {"Content-Type": "text/plain"}, "body": "1158201444"}
     event["queryStringParameters"]["hub.verify_token"] = "guess"
-    assert _invoke(event)["statusCode"] == 403
+    assert invoke_webhook(event)["statusCode"] == 403
 
 
 def test_webhook_signed_event_file_is_applied(make_campaign, graph, pg_conn):
@@ -76,7 +57,7 @@ def test_webhook_signed_event_file_is_applied(make_campaign, graph, pg_conn):
     pg_conn.execute("UPDATE send_queue SET whatsapp_message_id = %s WHERE id = 2", (wamids[2],))
 
     # When the signed event file is posted
-    assert _invoke(event)["statusCode"] == 200
+    assert invoke_webhook(event)["statusCode"] == 200
 
     # Then row 1 is delivered, row 2 failed with 131050 and its number is suppressed
     rows = queue_rows(pg_conn, campaign_id)
@@ -93,7 +74,7 @@ def test_webhook_unsigned_or_forged_post_is_refused_and_stores_nothing(make_camp
     pg_conn.execute("UPDATE send_queue SET status = 'sent', whatsapp_message_id = 'wamid.A'")
 
     # When a status for it arrives without a valid signature
-    response = _post([_status("wamid.A", "read", 100, row_id=1)], secret=secret)
+    response = post_statuses([status_update("wamid.A", "read", 100)], secret=secret)
 
     # Then 401 and nothing changed or stored
     assert response["statusCode"] == 401
@@ -104,7 +85,7 @@ def test_webhook_unsigned_or_forged_post_is_refused_and_stores_nothing(make_camp
 def test_webhook_tampered_body_is_refused(make_campaign, pg_conn):
     event = load_event("webhook_status_post.json")
     event["body"] = event["body"].replace("delivered", "read")
-    assert _invoke(event)["statusCode"] == 401 and _stored_statuses(pg_conn) == 0
+    assert invoke_webhook(event)["statusCode"] == 401 and _stored_statuses(pg_conn) == 0
 
 
 def test_webhook_base64_body_is_verified_on_the_decoded_bytes(pg_conn):
@@ -112,7 +93,7 @@ def test_webhook_base64_body_is_verified_on_the_decoded_bytes(pg_conn):
 
     event = load_event("webhook_status_post.json")
     event.update(body=base64.b64encode(event["body"].encode()).decode(), isBase64Encoded=True)
-    assert _invoke(event)["statusCode"] == 200 and _stored_statuses(pg_conn) == 3
+    assert invoke_webhook(event)["statusCode"] == 200 and _stored_statuses(pg_conn) == 3
 
 
 def test_webhook_duplicates_and_out_of_order_statuses_end_forward(make_campaign, graph, pg_conn):
@@ -121,9 +102,9 @@ def test_webhook_duplicates_and_out_of_order_statuses_end_forward(make_campaign,
     pg_conn.execute("UPDATE send_queue SET status = 'sent', whatsapp_message_id = 'wamid.' || id")
 
     # When row 1 gets read before delivered, each twice, and row 2 gets delivered then failed
-    _post([_status("wamid.1", "read", 200, 1), _status("wamid.1", "read", 200, 1)])
-    _post([_status("wamid.1", "delivered", 150, 1), _status("wamid.2", "delivered", 150, 2)])
-    _post([_status("wamid.1", "delivered", 150, 1), _status("wamid.2", "failed", 160, 2, code=131026)])
+    post_statuses([status_update("wamid.1", "read", 200), status_update("wamid.1", "read", 200)])
+    post_statuses([status_update("wamid.1", "delivered", 150), status_update("wamid.2", "delivered", 150)])
+    post_statuses([status_update("wamid.1", "delivered", 150), status_update("wamid.2", "failed", 160, code=131026)])
 
     # Then read is not downgraded, the failure keeps its code, and each distinct status is stored once
     rows = queue_rows(pg_conn, campaign_id)
@@ -135,7 +116,7 @@ def test_webhook_duplicates_and_out_of_order_statuses_end_forward(make_campaign,
 
 
 def test_webhook_unknown_wamid_is_kept(pg_conn):
-    assert _post([_status("wamid.NOBODY", "delivered", 5)])["statusCode"] == 200
+    assert post_statuses([status_update("wamid.NOBODY", "delivered", 5)])["statusCode"] == 200
     assert pg_conn.execute("SELECT whatsapp_message_id FROM message_statuses").fetchall() == [("wamid.NOBODY",)]
 
 
@@ -146,10 +127,9 @@ def test_webhook_resolves_lost_answer_and_reset_stuck_never_resends(make_campaig
     event_source.run_until_empty(timeout=60)
     assert queue_rows(pg_conn, campaign_id)[phone(1)]["status"] == "processing"
     wamid = graph.wamids[phone(1)][0]
-    row_id = queue_rows(pg_conn, campaign_id)[phone(1)]["id"]
 
     # When Meta's status webhook arrives, naming the row through biz_opaque_callback_data
-    assert _post([_status(wamid, "sent", 100, row_id, to=phone(1))])["statusCode"] == 200
+    assert post_statuses([status_update(wamid, "sent", 100, callback_sent_to(graph, phone(1)), to=phone(1))])["statusCode"] == 200
 
     # Then the row is sent with Meta's WAMID
     row = queue_rows(pg_conn, campaign_id)[phone(1)]
@@ -172,13 +152,13 @@ def test_webhook_after_sender_killed_ends_sent_with_metas_wamid(make_campaign, g
 
     # When the delivered webhook arrives (before the sent one: out of order)
     wamid = graph.wamids[phone(1)][0]
-    _post([_status(wamid, "delivered", 101, row["id"], to=phone(1))])
-    _post([_status(wamid, "sent", 100, row["id"], to=phone(1))])
+    post_statuses([status_update(wamid, "delivered", 101, callback_sent_to(graph, phone(1)), to=phone(1))])
+    post_statuses([status_update(wamid, "sent", 100, callback_sent_to(graph, phone(1)), to=phone(1))])
 
     # Then the row is sent and delivered with the WAMID Meta gave, and a redelivery sends nothing
     row = queue_rows(pg_conn, campaign_id)[phone(1)]
     assert (row["status"], row["whatsapp_message_id"], row["delivery_status"]) == ("sent", wamid, "delivered")
-    time.sleep(2.5)
+    sleep_past_killed_invocation(pg_conn, row["id"])
     assert event_source.handler(event, LocalContext("sender")) == {"batchItemFailures": []}
     assert graph.accepted == {phone(1): 1}
 
@@ -186,7 +166,7 @@ def test_webhook_after_sender_killed_ends_sent_with_metas_wamid(make_campaign, g
 def test_webhook_opt_out_suppresses_number_in_create_and_sender(make_campaign, graph, pg_conn, event_source):
     # Given a campaign still waiting to send to a number that then opts out (131050 on another message)
     pending_campaign = make_campaign(phone(1), phone(2))
-    _post([_status("wamid.OTHER", "failed", 100, code=131050, to=phone(1))])
+    post_statuses([status_update("wamid.OTHER", "failed", 100, code=131050, to=phone(1))])
 
     # When that campaign is sent and a new campaign to the same number is created
     event_source.run_until_empty(timeout=60)
@@ -203,7 +183,7 @@ def test_webhook_opt_out_suppresses_number_in_create_and_sender(make_campaign, g
 
 def test_webhook_thousand_statuses_take_the_same_statements_as_ten(pg_conn):
     # Given 1,000 sent rows (written directly: 1,000 messages would only slow moto's SQS down)
-    from sendonce.repository import insert_campaign
+    from sendonce.repository.campaigns import insert_campaign
 
     fields = {"id": FILE_CAMPAIGN_ID, "name": "big", "template_name": "t", "language_code": "en", "phone_number_id": "1",
               "total_recipients": 1000}
@@ -214,12 +194,12 @@ def test_webhook_thousand_statuses_take_the_same_statements_as_ten(pg_conn):
         conn = db.get_conn()
         with count_round_trips(conn) as trips:
             started = time.perf_counter()
-            assert _post([_status(f"wamid.{i}", status, 100, i) for i in range(1, count + 1)])["statusCode"] == 200
+            assert post_statuses([status_update(f"wamid.{i}", status, 100) for i in range(1, count + 1)])["statusCode"] == 200
             print(f"{count} statuses: {(time.perf_counter() - started) * 1000:.0f} ms")
         return trips.count
 
     # When 10 and then 1,000 statuses are posted (round trips counted in libpq's protocol trace)
-    db.get_conn()  # connect first, so the count holds only the webhook's own work
+    webhook.callback_key(db.get_conn())  # connect and read the callback key (once per database) first
     small, large = round_trips(10, "delivered"), round_trips(1000, "read")
 
     # Then both take the same, constant number of round trips (BEGIN, 3 statements, COMMIT)

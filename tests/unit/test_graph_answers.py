@@ -5,11 +5,15 @@ from __future__ import annotations
 import httpx
 import pytest
 
+from sendonce.callback import sign
 from sendonce.errors import MalformedMessageError
 from sendonce.models import ClaimedRow, Disposition, QueueMessage
 from sendonce.whatsapp import read_response, template_payload
 
-ROW = ClaimedRow(7, "4d46271f-f3b4-4f5b-a2c7-6dbad447a845", "919741771659", ("Asha",), "offer", "en_US", "1065")
+ROW = ClaimedRow(
+    7, "4d46271f-f3b4-4f5b-a2c7-6dbad447a845", "919741771659", ("Asha",), "offer", "en_US", "1065",
+    callback_data=sign("key", "4d46271f-f3b4-4f5b-a2c7-6dbad447a845", 7),
+)
 
 
 def _error(status: int, code: int) -> httpx.Response:
@@ -53,7 +57,7 @@ def test_read_response_bare_gateway_error_is_retried():
 
 def test_template_payload_names_row_and_fills_body_parameters():
     payload = template_payload(ROW)
-    assert payload["biz_opaque_callback_data"] == "7"
+    assert payload["biz_opaque_callback_data"] == ROW.callback_data
     assert payload["to"] == "919741771659"
     assert payload["template"]["components"] == [{"type": "body", "parameters": [{"type": "text", "text": "Asha"}]}]
 
@@ -61,11 +65,23 @@ def test_template_payload_names_row_and_fills_body_parameters():
 @pytest.mark.parametrize(
     "body",
     ["", "[]", '{"queue_id": "1"}', '{"queue_id": true, "campaign_id": "4d46271f-f3b4-4f5b-a2c7-6dbad447a845"}',
-     '{"queue_id": "-1", "campaign_id": "4d46271f-f3b4-4f5b-a2c7-6dbad447a845"}'],
+     '{"queue_id": "-1", "campaign_id": "4d46271f-f3b4-4f5b-a2c7-6dbad447a845"}',
+     '{"queue_id": "0", "campaign_id": "4d46271f-f3b4-4f5b-a2c7-6dbad447a845"}',
+     # Beyond PostgreSQL's bigint: once these failed the whole batch's claim statement.
+     '{"queue_id": "9223372036854775808", "campaign_id": "4d46271f-f3b4-4f5b-a2c7-6dbad447a845"}',
+     '{"queue_id": 99999999999999999999999, "campaign_id": "4d46271f-f3b4-4f5b-a2c7-6dbad447a845"}',
+     '{"queue_id": "\u0661", "campaign_id": "4d46271f-f3b4-4f5b-a2c7-6dbad447a845"}',
+     '{"queue_id": 1, "campaign_id": "4d46271f-f3b4-4f5b-a2c7-6dbad447a845", "enqueue_id": "' + "x" * 129 + '"}',
+     '{"queue_id": 1, "campaign_id": "4d46271f-f3b4-4f5b-a2c7-6dbad447a845", "enqueue_id": ["a"]}'],
 )
 def test_queue_message_parse_rejects_malformed_bodies(body):
     with pytest.raises(MalformedMessageError):
         QueueMessage.parse(body, fallback_enqueue_id="m1")
+
+
+def test_queue_message_parse_largest_bigint_is_accepted():
+    body = '{"queue_id": "9223372036854775807", "campaign_id": "4d46271f-f3b4-4f5b-a2c7-6dbad447a845"}'
+    assert QueueMessage.parse(body, fallback_enqueue_id="m1").queue_id == 2**63 - 1
 
 
 def test_queue_message_without_enqueue_id_is_keyed_by_sqs_message_id():

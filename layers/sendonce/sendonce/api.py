@@ -20,7 +20,8 @@ import boto3
 from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response, content_types
 from aws_lambda_powertools.event_handler.exceptions import NotFoundError
 
-from sendonce import campaigns, contacts, control, repository, s3
+from sendonce import campaigns, contacts, control, s3
+from sendonce.repository.campaigns import campaign_status as stored_status
 from sendonce.config import require, send_queue_url
 from sendonce.db import get_conn
 from sendonce.errors import (
@@ -134,7 +135,7 @@ def create_campaign() -> Response:
         raise RequestError("give exactly one of contacts (inline list) or contacts_s3 ({bucket, key})")
     if "contacts_s3" in body:
         location = _s3_location(body["contacts_s3"])
-        if repository.campaign_status(get_conn(), new.id) is not None:
+        if stored_status(get_conn(), new.id) is not None:
             raise CampaignStateError(f"campaign {new.id} already exists")
         # Fail fast on a file that cannot be a contact list; the rows are read by the asynchronous job.
         contacts.check_header(s3.csv_lines(**location), source=f"s3://{location['bucket']}/{location['key']}")
@@ -224,4 +225,8 @@ def cancel(campaign_id: str) -> Response:
 
 @app.post("/campaigns/<campaign_id>/retry-failed")
 def retry_failed(campaign_id: str) -> Response:
-    return _json(HTTPStatus.OK, control.retry_failed(get_conn(), campaign_id, send_queue_url()))
+    # {"include_unconfirmed": true} also resends rows Meta may have accepted (a recipient may get it twice).
+    include = (_body() if app.current_event.body else {}).get("include_unconfirmed", False)
+    if not isinstance(include, bool):
+        raise RequestError("include_unconfirmed must be true or false")
+    return _json(HTTPStatus.OK, control.retry_failed(get_conn(), campaign_id, send_queue_url(), include))

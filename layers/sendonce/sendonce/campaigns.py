@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import psycopg
 
-from sendonce import repository, sqs
+from sendonce import db, sqs
+from sendonce.repository import campaigns as repository
 from sendonce.contacts import ContactList, InvalidRow
-from sendonce.errors import CampaignInputError, CampaignNotFoundError, ContactsError, EnqueueError
+from sendonce.errors import CampaignInputError, CampaignNotFoundError, ContactsError, DatabaseError, EnqueueError
 from sendonce.models import QueueMessage
 from sendonce.observability import logger
 
@@ -112,7 +113,10 @@ def create_campaign(
         "components": list(campaign.components),
         "total_recipients": len(contacts.contacts),
     }
-    repository.insert_campaign(conn, fields, ((c.phone, c.params) for c in contacts.contacts))
+    try:
+        repository.insert_campaign(conn, fields, ((c.phone, c.params) for c in contacts.contacts))
+    except DatabaseError as exc:
+        conn = _created_after_all(campaign.id, exc)
     logger.info(
         "campaign created",
         campaign_id=campaign.id,
@@ -120,7 +124,10 @@ def create_campaign(
         invalid=len(contacts.invalid),
         duplicates=contacts.duplicates,
     )
-    enqueued = enqueue_campaign(conn, campaign.id, queue_url, on_progress)
+    # A new campaign's rows have no other message: their enqueue_id stays NULL (any of theirs is current).
+    enqueue_id = uuid.uuid4().hex
+    messages = (QueueMessage(i, campaign.id, enqueue_id) for i in repository.ready_row_ids(conn, campaign.id))
+    enqueued = _enqueue(campaign.id, queue_url, messages, on_progress)
     return CreatedCampaign(campaign.id, len(contacts.contacts), contacts.invalid, contacts.duplicates, enqueued)
 
 
@@ -129,11 +136,13 @@ def enqueue_campaign(
     campaign_id: str,
     queue_url: str,
     on_progress: Callable[[int], None] | None = None,
+    enqueue_id: str | None = None,
 ) -> int:
     """Put one SQS message on the queue for each of the campaign's `ready` rows; return how many.
 
     Harmless to repeat: the sender's claim lets only one message per row send it. Each run has its own
-    enqueue id, so the idempotency layer lets a deliberate re-enqueue through.
+    enqueue id (or `enqueue_id`), so the idempotency layer lets a deliberate re-enqueue through, and it becomes
+    the rows' current enqueue: an older message of theirs that runs out of receives no longer fails them.
 
     Raises
     ------
@@ -148,8 +157,14 @@ def enqueue_campaign(
         raise CampaignNotFoundError(f"no campaign {campaign_id!r} (not a UUID)") from None
     if repository.campaign_status(conn, campaign_id) is None:
         raise CampaignNotFoundError(f"no campaign {campaign_id}")
-    enqueue_id = uuid.uuid4().hex
-    messages = (QueueMessage(i, campaign_id, enqueue_id) for i in repository.ready_row_ids(conn, campaign_id))
+    enqueue_id = enqueue_id or uuid.uuid4().hex
+    messages = (QueueMessage(i, campaign_id, enqueue_id) for i in repository.mark_ready_rows(conn, campaign_id, enqueue_id))
+    return _enqueue(campaign_id, queue_url, messages, on_progress)
+
+
+def _enqueue(
+    campaign_id: str, queue_url: str, messages: Iterable[QueueMessage], on_progress: Callable[[int], None] | None
+) -> int:
     try:
         sent = sqs.send_messages(queue_url, messages, on_progress)
     except EnqueueError as exc:
@@ -159,3 +174,23 @@ def enqueue_campaign(
         ) from exc
     logger.info("campaign enqueued", campaign_id=campaign_id, enqueued=sent)
     return sent
+
+
+def _created_after_all(campaign_id: str, exc: DatabaseError) -> psycopg.Connection:
+    """After a failed create, whether it committed anyway (its reply lost): a fresh connection, or raise.
+
+    Without this, the operator's natural retry would create a second campaign for the same recipients.
+    """
+    try:
+        conn = db.get_conn()
+        exists = repository.campaign_status(conn, campaign_id) is not None
+    except DatabaseError:
+        raise DatabaseError(
+            f"{exc}. Campaign {campaign_id} may or may not have been created: check with `sendonce campaign status "
+            f"{campaign_id}`; if it exists run `sendonce campaign enqueue {campaign_id}`, else create it again "
+            f"with --id {campaign_id}."
+        ) from exc
+    if not exists:
+        raise DatabaseError(f"{exc}. Nothing was created: run the same command again.") from exc
+    logger.warning("campaign was created although the reply was lost", campaign_id=campaign_id)
+    return conn

@@ -45,7 +45,8 @@ def _cmd_campaign_create(args: argparse.Namespace) -> int:
     from sendonce import campaigns, contacts, db
 
     campaign = campaigns.NewCampaign(
-        name=args.name, template_name=args.template, language_code=args.language, phone_number_id=args.phone_number_id
+        name=args.name, template_name=args.template, language_code=args.language, phone_number_id=args.phone_number_id,
+        **({"id": args.id} if args.id else {}),
     )
     campaign.validate()
     queue_url = send_queue_url()
@@ -122,11 +123,11 @@ def _cmd_campaign_control(args: argparse.Namespace) -> int:
     elif action == "cancel":
         result = control.cancel(conn, args.campaign_id)
     else:
-        result = control.retry_failed(conn, args.campaign_id, send_queue_url())
+        result = control.retry_failed(conn, args.campaign_id, send_queue_url(), args.include_unconfirmed)
     if args.json:
         print(json.dumps(result))
         return 0
-    extra = {k: result[k] for k in ("enqueued", "rows_cancelled", "rows_retried") if k in result}
+    extra = {k: result[k] for k in ("enqueued", "rows_cancelled", "rows_retried", "unconfirmed_not_retried") if k in result}
     print(f"{action}: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in extra.items()) if extra else f"{action}: done")
     _print_status(result)
     return 0
@@ -148,9 +149,10 @@ def _cmd_recompute(args: argparse.Namespace) -> int:
 
 
 def _cmd_dlq_list(args: argparse.Namespace) -> int:
-    from sendonce import db, repository
+    from sendonce import db
+    from sendonce.repository.recovery import dead_letters
 
-    letters = repository.dead_letters(db.get_conn(), args.limit)
+    letters = dead_letters(db.get_conn(), args.limit)
     if args.json:
         print(json.dumps(letters, default=str))
         return 0
@@ -236,6 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--phone-number-id", required=True, help="the WhatsApp business phone number id")
     create.add_argument("--contacts", required=True, help="CSV with a 'phone' column and optional param1..paramN")
     create.add_argument("--default-country", help="ISO country (IN, US) for numbers without a country code")
+    create.add_argument("--id", help="the campaign's UUID (default: a new one); running again with it cannot create twice")
     create.add_argument("--json", action="store_true", help="print one JSON object")
     create.set_defaults(func=_cmd_campaign_create)
 
@@ -257,12 +260,20 @@ def build_parser() -> argparse.ArgumentParser:
         ("pause", "stop sending; queued messages are acknowledged unsent and kept for resume"),
         ("resume", "continue a paused campaign: re-enqueue its ready rows"),
         ("cancel", "pending rows become cancelled; sends in flight finish and are counted"),
-        ("retry-failed", "failed rows back to ready and enqueued (not opted out, not 131049 < 24 h, no WAMID)"),
+        ("retry-failed", "failed rows back to ready and enqueued (not opted out, not 131049 < 24 h, no WAMID, "
+                         "not unconfirmed)"),
     ):
         control = campaign.add_parser(action, help=text)
         control.add_argument("campaign_id")
         control.add_argument("--json", action="store_true", help="print one JSON object")
-        control.set_defaults(func=_cmd_campaign_control)
+        control.set_defaults(func=_cmd_campaign_control, include_unconfirmed=False)
+        if action == "retry-failed":
+            control.add_argument(
+                "--include-unconfirmed",
+                action="store_true",
+                help="also resend rows failed as `unconfirmed` (AMBIGUOUS_POLICY=fail): Meta may have accepted "
+                "their first send, so those recipients may get the message twice",
+            )
 
     maintenance = commands.add_parser("reset-stuck", help="run reset_stuck once (AMBIGUOUS_POLICY, STUCK_AFTER_SECONDS)")
     maintenance.set_defaults(func=_cmd_reset_stuck)

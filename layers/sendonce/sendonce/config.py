@@ -10,6 +10,12 @@ from sendonce.errors import ConfigError
 
 DEFAULT_API_BASE_URL = "https://graph.facebook.com/v23.0"
 AMBIGUOUS_POLICIES = ("resend", "fail")
+# What a sender keeps of a claim's window after its last send may have started: time to write the results to
+# PostgreSQL (retried on fresh connections), then to the batch journal when PostgreSQL did not take them.
+FINALIZE_SECONDS = 3.0
+JOURNAL_SECONDS = 2.0
+# WHATSAPP_APP_SECRET=none: deployed without the webhook, on purpose (the template requires a choice).
+WEBHOOK_DISABLED = "none"
 
 
 @dataclass(frozen=True)
@@ -39,7 +45,13 @@ class Settings:
 
     def webhook_secret(self) -> str:
         """The app secret that signs webhook POSTs (resolved from Secrets Manager when an ARN); '' if unset."""
-        return resolve_secret(self.whatsapp_app_secret) if self.whatsapp_app_secret else ""
+        if not self.whatsapp_app_secret or self.whatsapp_app_secret.lower() == WEBHOOK_DISABLED:
+            return ""
+        return resolve_secret(self.whatsapp_app_secret)
+
+    def longest_claim_seconds(self) -> float:
+        """How long a sender may hold a claim: slot wait, the send's timeout, then finalize and journal."""
+        return self.max_slot_wait_seconds + self.whatsapp_timeout_seconds + FINALIZE_SECONDS + JOURNAL_SECONDS
 
 
 def _int(name: str, default: int, minimum: int = 0) -> int:
@@ -85,7 +97,7 @@ def get_settings() -> Settings:
     policy = os.environ.get("AMBIGUOUS_POLICY", "resend").strip().lower() or "resend"
     if policy not in AMBIGUOUS_POLICIES:
         raise ConfigError(f"AMBIGUOUS_POLICY must be one of {', '.join(AMBIGUOUS_POLICIES)}, got {policy!r}")
-    return Settings(
+    settings = Settings(
         database_url=os.environ.get("DATABASE_URL") or None,
         send_queue_url=os.environ.get("SEND_QUEUE_URL") or None,
         dlq_url=os.environ.get("DLQ_URL") or None,
@@ -104,6 +116,15 @@ def get_settings() -> Settings:
         error_rate_threshold=_float("ERROR_RATE_THRESHOLD", 0.5),
         pg_prepare_threshold=_prepare_threshold(),
     )
+    # reset_stuck treats a row as stuck after STUCK_AFTER_SECONDS: a window shorter than a sender may hold its
+    # claim would resend a row whose first send is still waiting for its answer.
+    if settings.stuck_after_seconds <= settings.longest_claim_seconds():
+        raise ConfigError(
+            f"STUCK_AFTER_SECONDS ({settings.stuck_after_seconds}) must be more than a sender may hold a claim: "
+            f"MAX_SLOT_WAIT_SECONDS + WHATSAPP_TIMEOUT_SECONDS + {FINALIZE_SECONDS + JOURNAL_SECONDS:g} = "
+            f"{settings.longest_claim_seconds():g} s; a shorter window resends rows whose send is still in flight"
+        )
+    return settings
 
 
 def require(value: str | None, name: str) -> str:

@@ -6,9 +6,10 @@ import uuid
 
 import psycopg
 
-from sendonce import campaigns, repository
+from sendonce import campaigns
 from sendonce.errors import CampaignNotFoundError, CampaignStateError
 from sendonce.observability import logger
+from sendonce.repository import control as repository
 
 COUNTER_KEYS = ("recipients", "pending", "sent", "delivered", "read", "failed", "cancelled")
 
@@ -52,15 +53,16 @@ def list_campaigns(conn: psycopg.Connection, limit: int = 50) -> list[dict]:
     return [as_json(row) for row in repository.campaign_list(conn, limit)]
 
 
-def _change(conn: psycopg.Connection, statement: str, campaign_id: str, action: str, allowed: str, **params) -> int:
+def _change(conn: psycopg.Connection, statement: str, campaign_id: str, action: str, allowed: str, **params) -> tuple:
+    """Run a control statement; return what it counted after the status it found (rows or campaigns changed, ...)."""
     result = repository.change_campaign(conn, statement, _check_id(campaign_id), **params)
     if result is None:
         raise CampaignNotFoundError(f"no campaign {campaign_id}")
-    found, changed = result
+    found, *counted = result
     if found not in allowed.split("|"):
         raise CampaignStateError(f"cannot {action} campaign {campaign_id}: it is {found}")
-    logger.info(f"campaign {action}", campaign_id=campaign_id, previous_status=found, changed=changed)
-    return changed
+    logger.info(f"campaign {action}", campaign_id=campaign_id, previous_status=found, changed=counted[0])
+    return tuple(counted)
 
 
 def pause(conn: psycopg.Connection, campaign_id: str, reason: str = "paused by operator") -> dict:
@@ -77,19 +79,27 @@ def resume(conn: psycopg.Connection, campaign_id: str, queue_url: str) -> dict:
 
 def cancel(conn: psycopg.Connection, campaign_id: str) -> dict:
     """Cancel: pending rows become `cancelled`; a send already in flight finishes and is counted."""
-    rows = _change(conn, repository.CANCEL_CAMPAIGN, campaign_id, "cancel", "running|paused|draft|scheduled|cancelled")
+    (rows,) = _change(conn, repository.CANCEL_CAMPAIGN, campaign_id, "cancel", "running|paused|draft|scheduled|cancelled")
     return {**status(conn, campaign_id), "rows_cancelled": rows}
 
 
-def retry_failed(conn: psycopg.Connection, campaign_id: str, queue_url: str) -> dict:
-    """Put the retryable failed rows back to `ready` and enqueue them.
+def retry_failed(conn: psycopg.Connection, campaign_id: str, queue_url: str, include_unconfirmed: bool = False) -> dict:
+    """Put the retryable failed rows back to `ready` and enqueue every `ready` row of the campaign.
 
     Not retried: opted-out recipients (131050), the per-user marketing limit (131049) hit less than 24 h ago,
-    and any row with a WAMID.
+    any row with a WAMID, and, unless `include_unconfirmed`, rows the ambiguous policy failed as `unconfirmed`:
+    Meta may have accepted their first send, so a resend may reach the recipient twice. Every ready row is
+    enqueued, not only those retried now, so running it again after an error finishes the job.
     """
-    rows = _change(conn, repository.RETRY_FAILED, campaign_id, "retry failed rows of", "running|paused|completed")
-    enqueued = campaigns.enqueue_campaign(conn, campaign_id, queue_url) if rows else 0
-    return {**status(conn, campaign_id), "rows_retried": rows, "enqueued": enqueued}
+    enqueue_id = uuid.uuid4().hex
+    rows, unconfirmed = _change(
+        conn, repository.RETRY_FAILED, campaign_id, "retry failed rows of", "running|paused|completed",
+        enqueue_id=enqueue_id, include_unconfirmed=include_unconfirmed,
+    )
+    if unconfirmed:
+        logger.warning("unconfirmed rows not retried", campaign_id=campaign_id, unconfirmed=unconfirmed)
+    enqueued = campaigns.enqueue_campaign(conn, campaign_id, queue_url, enqueue_id=enqueue_id)
+    return {**status(conn, campaign_id), "rows_retried": rows, "unconfirmed_not_retried": unconfirmed, "enqueued": enqueued}
 
 
 def recompute(conn: psycopg.Connection, campaign_id: str | None = None) -> list[tuple[str, str]]:

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import psycopg
+from psycopg.rows import dict_row, tuple_row
 
 from sendonce.config import get_settings, require, resolve_secret
 from sendonce.errors import DatabaseError
@@ -41,3 +44,30 @@ def drop_conn() -> None:
         if _conn is not None:
             _conn.close()
         _conn = None
+
+
+def database_error(exc: psycopg.Error, what: str) -> DatabaseError:
+    """`DatabaseError` for a driver error; a lost connection is dropped, so the next use reconnects."""
+    if isinstance(exc, psycopg.OperationalError):
+        drop_conn()
+    return DatabaseError(f"{what}: {exc}")
+
+
+def rows(conn: psycopg.Connection, statement: str, params: dict, what: str, *, dicts: bool = False) -> list:
+    """Run one statement and return its rows (dicts when asked); driver errors become `DatabaseError`."""
+    try:
+        with conn.cursor(row_factory=dict_row if dicts else tuple_row) as cur:
+            cur.execute(statement, params)
+            return cur.fetchall() if cur.description else []
+    except psycopg.Error as exc:
+        raise database_error(exc, what) from exc
+
+
+@contextmanager
+def transaction(conn: psycopg.Connection, what: str) -> Iterator[psycopg.Connection]:
+    """`conn.transaction()` whose driver errors, BEGIN and COMMIT included, become `DatabaseError`."""
+    try:
+        with conn.transaction():
+            yield conn
+    except psycopg.Error as exc:
+        raise database_error(exc, what) from exc

@@ -52,4 +52,12 @@ class TransientSendError(SendonceError):
 
 
 class BatchAbortedError(SendonceError):
-    """The batch could not be claimed or finalized; its records are retried."""
+    """The batch could not be claimed; its rows were released and its records are retried."""
+
+
+class DeliveryInFlightError(SendonceError):
+    """Another delivery of this message is being handled right now; this one is retried later."""
+
+
+class JournalError(SendonceError):
+    """The batch journal (DynamoDB) could not be read or written."""

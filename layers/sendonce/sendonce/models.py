@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from dataclasses import dataclass
 from enum import StrEnum
 
 from sendonce.errors import MalformedMessageError
+
+# send_queue.id is a PostgreSQL bigint: a larger id is a malformed message, never a failed claim statement.
+MAX_ROW_ID = 2**63 - 1
+_ENQUEUE_ID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 
 
 class RowStatus(StrEnum):
@@ -59,14 +64,21 @@ class QueueMessage:
         if not isinstance(data, dict):
             raise MalformedMessageError("body is not a JSON object")
         queue_id = data.get("queue_id")
-        if isinstance(queue_id, bool) or not isinstance(queue_id, (int, str)) or not str(queue_id).isdigit():
-            raise MalformedMessageError(f"queue_id must be a positive integer, got {queue_id!r}")
+        digits = str(queue_id).lstrip("0") if isinstance(queue_id, (int, str)) and not isinstance(queue_id, bool) else ""
+        if not (digits.isdecimal() and digits.isascii() and len(digits) <= 19 and int(digits) <= MAX_ROW_ID):
+            raise MalformedMessageError(f"queue_id must be an integer from 1 to {MAX_ROW_ID}, got {str(queue_id)[:40]!r}")
         try:
-            campaign_id = str(uuid.UUID(str(data.get("campaign_id"))))
+            campaign_id = str(uuid.UUID(str(data.get("campaign_id"))[:64]))
         except ValueError:
-            raise MalformedMessageError(f"campaign_id must be a UUID, got {data.get('campaign_id')!r}") from None
+            raise MalformedMessageError(f"campaign_id must be a UUID, got {str(data.get('campaign_id'))[:40]!r}") from None
         enqueue_id = data.get("enqueue_id") or fallback_enqueue_id
-        return cls(queue_id=int(queue_id), campaign_id=campaign_id, enqueue_id=str(enqueue_id))
+        if not isinstance(enqueue_id, str) or not _ENQUEUE_ID.match(enqueue_id):
+            raise MalformedMessageError(f"enqueue_id must be 1 to 128 letters, digits or _.:-, got {str(enqueue_id)[:40]!r}")
+        return cls(queue_id=int(digits), campaign_id=campaign_id, enqueue_id=enqueue_id)
+
+    def idempotency_data(self) -> dict:
+        """What the idempotency layer keys a delivery on: the row and the enqueue run."""
+        return {"queue_id": self.queue_id, "campaign_id": self.campaign_id, "enqueue_id": self.enqueue_id}
 
     def body(self) -> str:
         """The SQS body for this message."""
@@ -89,6 +101,8 @@ class ClaimedRow:
     components: tuple[dict, ...] = ()
     attempt: int = 1  # this claim's attempt number (1 = first)
     send_in: float = 0.0  # seconds from the claim until this row's send slot (the rate limiter)
+    has_slot: bool = True  # False: the schedule had no slot within MAX_SLOT_WAIT_SECONDS; the row is deferred
+    callback_data: str = ""  # biz_opaque_callback_data: names the row, signed (sendonce.callback)
 
 
 @dataclass(frozen=True)
@@ -100,6 +114,8 @@ class SendResult:
     code: int | None = None
     error: str | None = None
     delay: int = 0  # DEFER: seconds before the new message becomes visible
+    # Whether a request may have reached Meta (send_queue.attempts counts only those).
+    requested: bool = True
 
     @property
     def row_status(self) -> RowStatus:

@@ -3,51 +3,99 @@
 from __future__ import annotations
 
 import uuid
+from collections import Counter
 
 import psycopg
 
-from sendonce import repository, sqs
+from sendonce import journal, sqs
 from sendonce.config import get_settings, send_queue_url
-from sendonce.errors import EnqueueError, MalformedMessageError
-from sendonce.models import QueueMessage
+from sendonce.db import transaction
+from sendonce.errors import DatabaseError, EnqueueError, MalformedMessageError
+from sendonce.models import QueueMessage, RowStatus
 from sendonce.observability import logger
+from sendonce.repository import recovery as recovery_sql
+from sendonce.repository import sending as sending_sql
+from sendonce.repository.sending import RowResult
 
 RESET_LIMIT = 10_000  # rows per run; the next run takes the rest
 
 
 def reset_stuck(conn: psycopg.Connection, queue_url: str | None = None) -> dict:
-    """Apply AMBIGUOUS_POLICY to rows stuck in `processing` longer than STUCK_AFTER_SECONDS.
+    """Resolve rows stuck in `processing` longer than STUCK_AFTER_SECONDS, evidence first.
 
-    `resend` puts them back to `ready` and enqueues them again; `fail` marks them `failed` (reason
-    `unconfirmed`). The rows are reset and enqueued inside one transaction: if enqueueing fails the reset is
-    rolled back and the next run tries again, so a reset row never waits without a message. A sender that
-    receives one of the messages before the commit waits on the row lock, then sees it `ready`.
+    In one transaction: lock the stuck rows; read their claims in the batch journal; write the results the
+    journal kept (the WAMIDs Meta returned while PostgreSQL was unreachable), guarded by the claim token;
+    release the rows of claims that never started their sends; apply AMBIGUOUS_POLICY only to the rest, whose
+    send may have been accepted without anybody seeing it (`resend`: back to `ready`, counted in
+    `unconfirmed_resends`; `fail`: `failed`, reason `unconfirmed`); then enqueue every row now `ready`. If the
+    journal cannot be read or the enqueue fails, everything is rolled back and the next run tries again, so a
+    row is never resent without its evidence having been looked at, and never waits without a message.
 
     Returns
     -------
     dict
-        {"reset": n, "failed": n, "cancelled": n, "enqueued": n}
+        {"reset": rows back to `ready`, "resent_without_evidence": of those, the ones that may have been sent,
+         "recovered": rows written from the journal, "failed": n, "cancelled": n, "enqueued": n}
     """
     settings = get_settings()
     queue_url = queue_url or send_queue_url()
-    with conn.transaction():
-        rows = repository.reset_stuck(conn, settings.stuck_after_seconds, settings.ambiguous_policy, RESET_LIMIT)
-        enqueue_id = uuid.uuid4().hex
-        ready = [QueueMessage(row_id, campaign_id, enqueue_id) for row_id, campaign_id, status in rows if status == "ready"]
+    enqueue_id = uuid.uuid4().hex
+    with transaction(conn, "resetting stuck rows failed"):
+        stuck = recovery_sql.stuck_rows(conn, settings.stuck_after_seconds, RESET_LIMIT)
+        entries = journal.lookup({token for _, _, token in stuck if token})
+        recovered = _write_journal_results(conn, stuck, entries, enqueue_id)
+        unsent = {row_id: token is not None and token not in entries for row_id, _, token in stuck if row_id not in recovered}
+        resolved = recovery_sql.resolve_stuck(conn, unsent, settings.ambiguous_policy, enqueue_id) if unsent else []
+        ready = [QueueMessage(row_id, campaign_id, enqueue_id)
+                 for row_id, campaign_id, status, _ in [*recovered.values(), *resolved] if status == "ready"]
         enqueued = sqs.send_messages(queue_url, ready) if ready else 0
-    counts = {status: sum(1 for row in rows if row[2] == status) for status in ("ready", "failed", "cancelled")}
-    logger.info(
-        f"Reset {counts['ready']} stuck 'processing' entries to 'ready'",
-        policy=settings.ambiguous_policy,
-        failed=counts["failed"],
-        cancelled=counts["cancelled"],
-        enqueued=enqueued,
-    )
-    return {"reset": counts["ready"], "failed": counts["failed"], "cancelled": counts["cancelled"], "enqueued": enqueued}
+    counts = Counter(status for _, _, status, _ in resolved)
+    blind = sum(1 for *_, resent_blindly in resolved if resent_blindly)
+    result = {
+        "reset": len(ready),
+        "resent_without_evidence": blind,
+        "recovered": len(recovered),
+        "failed": counts["failed"],
+        "cancelled": counts["cancelled"],
+        "enqueued": enqueued,
+    }
+    log = logger.warning if blind or counts["failed"] else logger.info
+    log(f"Reset {len(ready)} stuck 'processing' entries to 'ready'", policy=settings.ambiguous_policy, **result)
+    return result
+
+
+def _write_journal_results(
+    conn: psycopg.Connection, stuck: list[tuple[int, str, uuid.UUID | None]], entries: dict, enqueue_id: str
+) -> dict[int, tuple[int, str, str, bool]]:
+    """Finalize the stuck rows whose final results the journal kept; return them as (id, campaign_id, status, False).
+
+    An ambiguous result is not final: its row is left to the policy, like a row whose sender died.
+    """
+    settings = get_settings()
+    results = []
+    for row_id, campaign_id, token in stuck:
+        entry = entries.get(token)
+        result = entry.results.get(row_id) if entry and entry.results else None
+        if result is not None and result.row_status != RowStatus.PROCESSING:
+            released = result.row_status == RowStatus.READY
+            results.append(RowResult(row_id, campaign_id, token, result, enqueue_id if released else None))
+    if not results:
+        return {}
+    # Written in a savepoint: results that cannot be written (a bug, never a lost connection: that aborts
+    # the run) leave their rows stuck and visible rather than resent.
+    try:
+        with transaction(conn, "writing journal results failed"):
+            written = sending_sql.finalize_rows(conn, results, settings.error_rate_window, settings.error_rate_threshold)
+    except DatabaseError as exc:
+        if conn.broken:
+            raise
+        logger.error("journal results not written; rows left stuck", error=str(exc), rows=[r.row_id for r in results])
+        return {r.row_id: (r.row_id, r.campaign_id, "processing", False) for r in results}
+    return {row_id: (row_id, campaign_id, status, False) for row_id, campaign_id, status in written}
 
 
 def settle_dead_letters(conn: psycopg.Connection, records: list[dict]) -> dict:
-    """Account for DLQ messages (raw SQS records): fail their `ready` rows, keep the rest in dead_letters.
+    """Account for DLQ messages (raw SQS records): fail the `ready` rows they still own, keep unusable ones.
 
     Returns
     -------
@@ -65,7 +113,7 @@ def settle_dead_letters(conn: psycopg.Connection, records: list[dict]) -> dict:
             exhausted.append({**letter, "message": QueueMessage.parse(letter["body"], record["messageId"])})
         except MalformedMessageError as exc:
             unusable.append({**letter, "reason": str(exc)})
-    failed = repository.settle_dead_letters(conn, exhausted, unusable)
+    failed = recovery_sql.settle_dead_letters(conn, exhausted, unusable)
     logger.info("dead letters settled", records=len(records), rows_failed=len(failed), unusable=len(unusable))
     return {"records": len(records), "failed": len(failed), "unusable": len(unusable)}
 

@@ -1,9 +1,22 @@
-"""The sender: one SQS batch -> idempotency gate per record -> one claim -> concurrent sends -> one finalize.
+"""The sender: one SQS batch through seven phases, each with one way to fail and one way to recover.
 
-Each record runs in its own thread through Powertools' `idempotent_function`, so the DynamoDB calls and the
-Graph API sends of a batch overlap. The threads meet twice in a `_Rendezvous`: once every record has either
-passed the idempotency gate or dropped out, one statement claims all their rows; once every claimed row has
-its answer from Meta, one statement finalizes them all.
+    phase     does                                               when it fails
+ 1  parse     each body -> QueueMessage                          that record fails alone (it ends in the DLQ)
+ 2  gate      idempotency record per delivery (DynamoDB)         that record is retried; a finished duplicate
+                                                                 gets the stored result back
+ 3  claim     ONE statement claims the rows, reserves slots      the claim is released on a fresh connection
+                                                                 (nothing was sent) and every record retried
+ 4  journal   one DynamoDB put: "this claim's sends may start"   nothing is sent: the rows are released
+ 5  send      concurrent Graph requests at their slots           never raises: every row gets a SendResult
+ 6  finalize  ONE statement writes every result; deferred rows   retried on fresh connections until the claim's
+              are re-enqueued inside the same transaction        window closes, then kept in the batch journal
+                                                                 for reset_stuck, which writes them
+ 7  settle    each idempotency record completed or released     logged; the record expires with the invocation
+
+Only phases 2, 5 and 7 use threads (one per record); the database work runs on the caller's thread. Time: a
+claim is worked on only within its window (`STUCK_AFTER_SECONDS` from the claim, and the invocation's own
+deadline), so reset_stuck can never take a row whose sender is still waiting for Meta. docs/sender-protocol.md
+walks through every failure point.
 """
 
 from __future__ import annotations
@@ -13,118 +26,334 @@ import threading
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from functools import lru_cache
 from typing import TYPE_CHECKING
 
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
-from aws_lambda_powertools.utilities.idempotency import idempotent_function
 
-from sendonce import graph_errors, repository, sqs, whatsapp
-from sendonce.config import get_settings, send_queue_url
-from sendonce.db import get_conn
+from sendonce import graph_errors, idempotency, journal, sqs, whatsapp
+from sendonce.config import FINALIZE_SECONDS, JOURNAL_SECONDS, get_settings, send_queue_url
+from sendonce.db import get_conn, transaction
 from sendonce.errors import (
     BatchAbortedError,
     ConfigError,
     DatabaseError,
     EnqueueError,
+    JournalError,
     TransientSendError,
     UnknownRowError,
 )
-from sendonce.idempotency import IDEMPOTENCY_CONFIG, get_persistence_store
-from sendonce.models import CampaignStatus, ClaimedRow, Disposition, QueueMessage, RowStatus, SendResult
-from sendonce.observability import logger, tracer
+from sendonce.models import ClaimedRow, Disposition, QueueMessage, RowStatus, SendResult
+from sendonce.observability import logger
 from sendonce.phones import mask
+from sendonce.repository.sending import ClaimOutcome, RowResult, UnusedSlots, claim_rows, finalize_rows
 
 if TYPE_CHECKING:
     from aws_lambda_powertools.utilities.typing import LambdaContext
 
+Outcome = dict | Exception  # what a record came to: its result, or why it is retried
+
 
 def process_batch(event: dict, context: LambdaContext) -> dict:
-    """Send one SQS batch and return the partial batch response (`batchItemFailures`).
+    """Send one SQS batch and return the partial batch response (`batchItemFailures`)."""
+    outcomes = _Batch(context).run([SQSRecord(r) for r in event.get("Records") or []])
+    return process_partial_response(
+        event=event,
+        record_handler=lambda record: _settled(outcomes[record.message_id]),
+        processor=BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False),
+        context=context,
+    )
 
-    The caller registers the Lambda context with `IDEMPOTENCY_CONFIG` first.
-    """
-    records = event.get("Records") or []
-    rendezvous = _Rendezvous([r["messageId"] for r in records])
-    processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
-    # One thread per record: the rendezvous needs every record in flight at once.
-    with ThreadPoolExecutor(max_workers=max(len(records), 1), thread_name_prefix="record") as pool:
-        futures = {r["messageId"]: pool.submit(_process_record, SQSRecord(r), rendezvous) for r in records}
-        response = process_partial_response(
-            event=event,
-            record_handler=lambda record: futures[record.message_id].result(),
-            processor=processor,
-            context=context,
+
+def _settled(outcome: Outcome) -> dict:
+    if isinstance(outcome, Exception):
+        raise outcome
+    return outcome
+
+
+class _Batch:
+    """One invocation's batch: the phases in order, and the deadlines that bound them."""
+
+    def __init__(self, context: LambdaContext):
+        self.settings = get_settings()
+        self.token = uuid.uuid4()
+        self.remaining_ms: Callable[[], int] = context.get_remaining_time_in_millis
+        self.deadline = time.monotonic() + self.remaining_ms() / 1000
+        self.halted = threading.Event()  # set by the first halt code: sends still waiting are not made
+        self.counts: Counter[str] = Counter()
+        self.outcomes: dict[str, Outcome] = {}
+        self.journal_started = False
+
+    def run(self, records: list[SQSRecord]) -> dict[str, Outcome]:
+        messages = self._parse(records)
+        with ThreadPoolExecutor(max_workers=max(len(records), 1), thread_name_prefix="record") as pool:
+            gated = self._gate(pool, messages)
+            owners = self._owners(gated)
+            claims = self._claim(owners)
+            if claims is not None:
+                rows = {c.row.id: c.row for c in claims.values() if c and c.row}
+                results = self._send(pool, rows)
+                self._finalize(rows, claims, results)
+                self._outcomes(owners, claims, results)
+            self._settle(pool, gated)
+        self._log_summary(len(records))
+        return self.outcomes
+
+    # 1. parse ---------------------------------------------------------------------------------------------
+
+    def _parse(self, records: list[SQSRecord]) -> dict[str, QueueMessage]:
+        messages = {}
+        for record in records:
+            try:
+                messages[record.message_id] = QueueMessage.parse(record.body, fallback_enqueue_id=record.message_id)
+            except Exception as exc:  # noqa: BLE001 - any body that is not the contract's fails alone
+                self._fail(record.message_id, exc)
+        return messages
+
+    # 2. gate ----------------------------------------------------------------------------------------------
+
+    def _gate(self, pool: ThreadPoolExecutor, messages: dict[str, QueueMessage]) -> dict[str, QueueMessage]:
+        """Enter every delivery into the idempotency store; return those that go on."""
+        remaining = self.remaining_ms()
+
+        def enter(message: QueueMessage) -> dict | None | Exception:
+            try:
+                return idempotency.enter(message, remaining)
+            except Exception as exc:  # noqa: BLE001 - in flight elsewhere, or the store failed: retried later
+                return exc
+
+        gated = {}
+        for message_id, answer in zip(messages, pool.map(enter, messages.values())):
+            if answer is None:
+                gated[message_id] = messages[message_id]
+            elif isinstance(answer, Exception):
+                self._fail(message_id, answer)
+            else:
+                self.counts["replayed"] += 1
+                self.outcomes[message_id] = answer
+        return gated
+
+    def _owners(self, gated: dict[str, QueueMessage]) -> dict[str, QueueMessage]:
+        """One message per row: a second message for the same row in this batch is skipped."""
+        owners: dict[str, QueueMessage] = {}
+        seen: set[int] = set()
+        for message_id, message in gated.items():
+            if message.queue_id in seen:
+                self._skip(message_id, message.queue_id, "another message of this batch has the row")
+            else:
+                seen.add(message.queue_id)
+                owners[message_id] = message
+        return owners
+
+    # 3. claim ---------------------------------------------------------------------------------------------
+
+    def _claim(self, owners: dict[str, QueueMessage]) -> dict[str, ClaimOutcome | None] | None:
+        """Claim every owner's row in one statement; None when the claim failed (it is released)."""
+        # Measured before the statement: the row's claimed_at (the server's now()) is later, so every deadline
+        # derived from this is on the safe side of reset_stuck's.
+        claim_started = time.monotonic()
+        self.hold_until = min(self.deadline, claim_started + self.settings.stuck_after_seconds)
+        self.finalize_by = self.hold_until - JOURNAL_SECONDS
+        self.send_by = self.finalize_by - FINALIZE_SECONDS - self.settings.whatsapp_timeout_seconds
+        if not owners:
+            return {}
+        try:
+            found = claim_rows(
+                get_conn(), owners.values(), self.token, self.settings.whatsapp_max_mps,
+                self.settings.max_slot_wait_seconds,
+            )
+        except DatabaseError as exc:
+            # The claim may have committed with its reply lost: release whatever this token holds. No send was
+            # started, so nothing can be lost; if even the release fails, reset_stuck finds no journal entry
+            # for the token and releases the rows itself.
+            logger.warning("claim failed; releasing it on a fresh connection", error=str(exc))
+            unsent = SendResult(Disposition.RETRY, error=f"not sent: claim failed ({exc})", requested=False)
+            self._write_until_deadline([RowResult(m.queue_id, m.campaign_id, self.token, unsent) for m in owners.values()])
+            for message_id in owners:
+                self._fail(message_id, BatchAbortedError(f"claim failed: {exc}"))
+            return None
+        self.slots_from = time.monotonic()
+        claims = {message_id: found.get(message.queue_id) for message_id, message in owners.items()}
+        for message_id, claim in claims.items():
+            if claim is None:
+                self._fail(message_id, UnknownRowError(f"no send_queue row {owners[message_id].queue_id} in campaign "
+                                                       f"{owners[message_id].campaign_id}"))
+            elif claim.row is None:
+                self._skip(message_id, claim.queue_id, _skip_reason(claim), claim.wamid)
+        return claims
+
+    # 4. journal -------------------------------------------------------------------------------------------
+
+    def _journal_begin(self) -> bool:
+        """Record that this claim's sends may start; False (send nothing) if the journal cannot say so."""
+        try:
+            journal.begin(self.token)
+        except JournalError as exc:
+            logger.warning("batch journal unavailable; sending nothing", error=str(exc))
+            return False
+        self.journal_started = True
+        return True
+
+    # 5. send ----------------------------------------------------------------------------------------------
+
+    def _send(self, pool: ThreadPoolExecutor, rows: dict[int, ClaimedRow]) -> dict[int, SendResult]:
+        """Every claimed row's result; nothing is sent unless the journal knows the sends may start."""
+        if any(row.has_slot for row in rows.values()) and not self._journal_begin():
+            unsent = SendResult(Disposition.RETRY, error="not sent: the batch journal is unavailable", requested=False)
+            return dict.fromkeys(rows, unsent)
+        return dict(zip(rows, pool.map(self._send_one, rows.values())))
+
+    def _send_one(self, row: ClaimedRow) -> SendResult:
+        """Wait for the row's slot, send, classify; never raises."""
+        settings = self.settings
+        if not row.has_slot:
+            # The shared schedule has no slot within MAX_SLOT_WAIT_SECONDS: come back when it may have one.
+            delay = min(max(math.ceil(row.send_in - settings.max_slot_wait_seconds), 1), 900)
+            return SendResult(Disposition.DEFER, error="no send slot soon", delay=delay, requested=False)
+        slot_at = self.slots_from + row.send_in
+        if slot_at > self.send_by:
+            return SendResult(Disposition.RETRY, error="not sent: the claim's window was ending", requested=False)
+        if self.halted.wait(timeout=max(slot_at - time.monotonic(), 0)):
+            return SendResult(Disposition.HALT, error="not sent: the batch halted on an earlier error", requested=False)
+        try:
+            result = whatsapp.send_template(row)
+        except Exception as exc:  # noqa: BLE001 - the request may have left: never resend blindly
+            logger.exception("send raised", queue_id=row.id)
+            return SendResult(Disposition.AMBIGUOUS, error=f"sender error: {type(exc).__name__}")
+        if result.disposition is Disposition.HALT:
+            self.halted.set()
+        elif result.disposition is Disposition.DEFER:
+            delay = graph_errors.defer_seconds(result.code, row.attempt, settings.throttle_base_seconds)
+            result = SendResult(Disposition.DEFER, code=result.code, error=result.error, delay=delay)
+        return result
+
+    # 6. finalize ------------------------------------------------------------------------------------------
+
+    def _finalize(
+        self, rows: dict[int, ClaimedRow], claims: dict[str, ClaimOutcome | None], results: dict[int, SendResult]
+    ) -> None:
+        if not results:
+            return
+        enqueue_id = uuid.uuid4().hex  # the deferred rows' new messages
+        row_results = [
+            RowResult(row_id, rows[row_id].campaign_id, self.token, result,
+                      enqueue_id if result.disposition is Disposition.DEFER else None)
+            for row_id, result in results.items()
+        ]
+        if self._write_until_deadline(row_results, _unused_slots(claims, results)) or not self.journal_started:
+            # Written; or never started (reset_stuck releases a claim without journal entry: nothing was sent).
+            return
+        # PostgreSQL did not take the results within the claim's window: the journal keeps them.
+        try:
+            journal.record(self.token, results)
+            logger.warning("results kept in the batch journal for reset_stuck", claim=str(self.token), rows=len(results))
+        except JournalError as exc:
+            logger.error(
+                "results lost: neither PostgreSQL nor the batch journal took them",
+                claim=str(self.token),
+                error=str(exc),
+                wamids={row_id: r.wamid for row_id, r in results.items() if r.wamid},
+            )
+
+    def _write_until_deadline(self, row_results: list[RowResult], unused: list[UnusedSlots] | None = None) -> bool:
+        """Finalize, retried on fresh connections until `finalize_by` (safe: each write is token-guarded)."""
+        pause = 0.05
+        while True:
+            try:
+                self._write(row_results, unused or [])
+                return True
+            except (EnqueueError, ConfigError) as exc:
+                logger.warning("deferred rows not re-enqueued; their messages are retried instead", error=str(exc))
+                row_results = [_undeferred(r) for r in row_results]
+            except DatabaseError as exc:
+                if time.monotonic() + pause >= self.finalize_by:
+                    logger.warning("finalize failed; the claim's window is closing", error=str(exc))
+                    return False
+                logger.warning("finalize failed; retrying on a fresh connection", error=str(exc))
+                time.sleep(pause)
+                pause = min(pause * 2, 1.0)
+
+    def _write(self, row_results: list[RowResult], unused: list[UnusedSlots]) -> None:
+        settings = self.settings
+        conn = get_conn()
+        deferred = [(QueueMessage(r.row_id, r.campaign_id, r.enqueue_id), r.result.delay)
+                    for r in row_results if r.enqueue_id]
+        if not deferred:
+            finalize_rows(conn, row_results, settings.error_rate_window, settings.error_rate_threshold, unused)
+            return
+        # Released and re-enqueued atomically: a new message that arrives before the commit waits on the row
+        # lock, then finds the row `ready`; if SQS refuses, nothing was released.
+        with transaction(conn, "finalize failed"):
+            finalize_rows(conn, row_results, settings.error_rate_window, settings.error_rate_threshold, unused)
+            sqs.send_delayed(send_queue_url(), deferred)
+
+    def _outcomes(
+        self, owners: dict[str, QueueMessage], claims: dict[str, ClaimOutcome | None], results: dict[int, SendResult]
+    ) -> None:
+        for message_id, claim in claims.items():
+            if claim is None or claim.row is None:
+                continue
+            result = results[claim.row.id]
+            self.counts[str(result.disposition)] += 1
+            if result.disposition is Disposition.RETRY:
+                self.outcomes[message_id] = TransientSendError(result.error or "transient error")
+            else:
+                self.outcomes[message_id] = {
+                    "queue_id": owners[message_id].queue_id, "result": str(result.disposition), "wamid": result.wamid
+                }
+            if result.disposition is not Disposition.SENT:
+                logger.info(
+                    "send not completed", queue_id=claim.row.id, to=mask(claim.row.phone_number),
+                    disposition=str(result.disposition), code=result.code, error=result.error,
+                )
+
+    # 7. settle --------------------------------------------------------------------------------------------
+
+    def _settle(self, pool: ThreadPoolExecutor, gated: dict[str, QueueMessage]) -> None:
+        """Complete the idempotency record of every delivery that passed the gate, or release it for a retry."""
+
+        def settle(item: tuple[str, QueueMessage]) -> None:
+            message_id, message = item
+            outcome = self.outcomes[message_id]
+            try:
+                if isinstance(outcome, Exception):
+                    idempotency.release(message, outcome)
+                else:
+                    idempotency.complete(message, outcome)
+            except Exception as exc:  # noqa: BLE001 - the record expires with this invocation anyway
+                logger.warning("idempotency record not settled", queue_id=message.queue_id, error=str(exc))
+
+        list(pool.map(settle, gated.items()))
+
+    # outcomes ---------------------------------------------------------------------------------------------
+
+    def _fail(self, message_id: str, exc: Exception) -> None:
+        self.counts["unknown" if isinstance(exc, UnknownRowError) else "retried"] += 1
+        logger.warning("record failed", message_id=message_id, error=str(exc), error_type=type(exc).__name__)
+        self.outcomes[message_id] = exc
+
+    def _skip(self, message_id: str, queue_id: int, reason: str, wamid: str | None = None) -> None:
+        self.counts["skipped"] += 1
+        if wamid:
+            logger.info(f"Skipping already-sent message {queue_id} (WAMID: {wamid})", queue_id=queue_id)
+        else:
+            logger.info("skipping message", queue_id=queue_id, reason=reason)
+        self.outcomes[message_id] = {"queue_id": queue_id, "result": "skipped", "reason": reason}
+
+    def _log_summary(self, records: int) -> None:
+        """The one line per batch the operators grep for."""
+        c = self.counts
+        logger.info(
+            f"{c['sent']} sent, {c['failed']} failed, {c['skipped']} skipped (already sent)",
+            sent=c["sent"], failed=c["failed"], skipped=c["skipped"], retried=c["retry"] + c["retried"],
+            ambiguous=c["ambiguous"], halted=c["halt"], deferred=c["defer"], unknown=c["unknown"],
+            replayed=c["replayed"], records=records,
         )
-    rendezvous.log_summary()
-    return response
 
 
-def _process_record(record: SQSRecord, rendezvous: _Rendezvous) -> dict:
-    """Parse, then pass the idempotency gate; always tell the rendezvous when this record is done."""
-    try:
-        message = QueueMessage.parse(record.body, fallback_enqueue_id=record.message_id)
-        data = {
-            "queue_id": message.queue_id,
-            "campaign_id": message.campaign_id,
-            "enqueue_id": message.enqueue_id,
-            "message_id": record.message_id,
-        }
-        return _idempotent_send()(message=data, rendezvous=rendezvous)
-    except Exception as exc:
-        logger.warning("record failed", message_id=record.message_id, error=str(exc), error_type=type(exc).__name__)
-        raise
-    finally:
-        rendezvous.leave(record.message_id)
-
-
-@lru_cache(maxsize=1)
-def _idempotent_send():
-    """`_send` behind Powertools idempotency, built on first use (the store reads its table from settings)."""
-    return idempotent_function(
-        data_keyword_argument="message", config=IDEMPOTENCY_CONFIG, persistence_store=get_persistence_store()
-    )(_send)
-
-
-@tracer.capture_method(capture_response=False)
-def _send(message: dict, rendezvous: _Rendezvous) -> dict:
-    """Claim (with the batch), send, finalize (with the batch); raise to have the record retried."""
-    queue_message = QueueMessage(message["queue_id"], message["campaign_id"], message["enqueue_id"])
-    claim = rendezvous.arrive(message["message_id"], queue_message)
-    if claim is None:
-        raise UnknownRowError(f"no send_queue row {queue_message.queue_id} in campaign {queue_message.campaign_id}")
-    if claim.row is None:
-        return {"queue_id": queue_message.queue_id, "result": "skipped", "reason": _skip_reason(claim)}
-    result = rendezvous.report(claim.row.id, _safe_send(claim.row, rendezvous))
-    if result.disposition is Disposition.RETRY:
-        raise TransientSendError(result.error or "transient error")
-    return {"queue_id": queue_message.queue_id, "result": str(result.disposition), "wamid": result.wamid}
-
-
-def _safe_send(row: ClaimedRow, rendezvous: _Rendezvous) -> SendResult:
-    """Wait for the row's send slot, send, and classify; never raises, so the rendezvous always hears back."""
-    settings = get_settings()
-    if row.send_in > settings.max_slot_wait_seconds:
-        # The shared schedule is booked further ahead than is worth waiting for inside one invocation.
-        return SendResult(Disposition.DEFER, error="no send slot soon", delay=math.ceil(row.send_in))
-    if rendezvous.halted.wait(timeout=max(rendezvous.claimed_at + row.send_in - time.monotonic(), 0)):
-        return SendResult(Disposition.HALT, error="not sent: the batch halted on an earlier error")
-    try:
-        result = whatsapp.send_template(row)
-    except Exception as exc:  # noqa: BLE001 - the row must be finalized whatever happened
-        logger.exception("send raised", queue_id=row.id)
-        return SendResult(Disposition.AMBIGUOUS, error=f"sender error: {type(exc).__name__}")
-    if result.disposition is Disposition.HALT:
-        rendezvous.halted.set()
-    elif result.disposition is Disposition.DEFER:
-        delay = graph_errors.defer_seconds(result.code, row.attempt, settings.throttle_base_seconds)
-        result = SendResult(Disposition.DEFER, code=result.code, error=result.error, delay=delay)
-    return result
-
-
-def _skip_reason(claim: repository.ClaimOutcome) -> str:
+def _skip_reason(claim: ClaimOutcome) -> str:
     if claim.cancelled:
         return "cancelled (campaign cancelled or number suppressed)"
     if claim.status == RowStatus.READY:
@@ -134,176 +363,20 @@ def _skip_reason(claim: repository.ClaimOutcome) -> str:
     return f"row is {claim.status}"
 
 
-class _Rendezvous:
-    """Where a batch's record threads meet for the one claim and the one finalize."""
+def _undeferred(r: RowResult) -> RowResult:
+    """A deferred row whose new message could not be sent: released for its current message's retry."""
+    if r.result.disposition is not Disposition.DEFER:
+        return r
+    result = SendResult(Disposition.RETRY, code=r.result.code, error=r.result.error, requested=r.result.requested)
+    return RowResult(r.row_id, r.campaign_id, r.claim_token, result)
 
-    def __init__(self, message_ids: list[str]):
-        self.token = uuid.uuid4()
-        self._cond = threading.Condition()
-        self._expected = set(message_ids)
-        self._settled: set[str] = set()
-        self._arrivals: dict[str, QueueMessage] = {}
-        self._claims: dict[str, repository.ClaimOutcome | None] | None = None
-        self._reports: dict[int, SendResult] = {}
-        self._final: dict[int, SendResult] | None = None
-        self._error: Exception | None = None
-        self.counts: Counter[str] = Counter()
-        # Set by the first halt code: sends still waiting for their slot are released untouched.
-        self.halted = threading.Event()
-        self.claimed_at = time.monotonic()
 
-    def arrive(self, message_id: str, message: QueueMessage) -> repository.ClaimOutcome | None:
-        """Join the claim; block until it ran and return this message's outcome (None: no such row)."""
-        with self._cond:
-            self._arrivals[message_id] = message
-            self._settle(message_id)
-            self._cond.wait_for(lambda: self._claims is not None or self._error is not None)
-            if self._error is not None:
-                raise BatchAbortedError(str(self._error)) from self._error
-            return self._claims[message_id]
-
-    def leave(self, message_id: str) -> None:
-        """Called when a record's work ends, however it ends; a record that never arrived drops out here."""
-        with self._cond:
-            if message_id not in self._settled:
-                self._settle(message_id)
-                return
-            claim = (self._claims or {}).get(message_id)
-            if claim and claim.row and claim.row.id not in self._reports and self._final is None:
-                self._record(claim.row.id, SendResult(Disposition.AMBIGUOUS, error="sender thread ended early"))
-
-    def report(self, row_id: int, result: SendResult) -> SendResult:
-        """Hand in a claimed row's send result; block until the batch is finalized and return it."""
-        with self._cond:
-            self._record(row_id, result)
-            self._cond.wait_for(lambda: self._final is not None or self._error is not None)
-            if self._final is None:
-                raise BatchAbortedError(str(self._error)) from self._error
-            return self._final[row_id]
-
-    # The methods below run with the lock held. The database work is done under it too: by then every
-    # other thread of the batch is waiting for exactly that result.
-
-    def _settle(self, message_id: str) -> None:
-        self._settled.add(message_id)
-        if self._settled >= self._expected and self._claims is None:
-            try:
-                self._claims = self._claim()
-            except DatabaseError as exc:
-                self._error = exc
-            if self._claims is not None and not self._claimed_ids():
-                self._final = {}
-            self._cond.notify_all()
-
-    def _record(self, row_id: int, result: SendResult) -> None:
-        self._reports[row_id] = result
-        if set(self._reports) >= self._claimed_ids():
-            try:
-                self._finalize()
-            except DatabaseError as exc:
-                self._error = exc
-            self._cond.notify_all()
-
-    def _claimed_ids(self) -> set[int]:
-        return {c.row.id for c in (self._claims or {}).values() if c and c.row}
-
-    def _claim(self) -> dict[str, repository.ClaimOutcome | None]:
-        if not self._arrivals:
-            return {}
-        outcomes = repository.claim_rows(
-            get_conn(), self._arrivals.values(), self.token, get_settings().whatsapp_max_mps
-        )
-        self.claimed_at = time.monotonic()
-        claims: dict[str, repository.ClaimOutcome | None] = {}
-        owners: set[int] = set()
-        for message_id, message in self._arrivals.items():
-            outcome = outcomes.get(message.queue_id)
-            if outcome and outcome.row and outcome.row.id in owners:
-                # Two messages for one row in the same batch: only the first one sends it.
-                outcome = repository.ClaimOutcome(outcome.queue_id, None, "processing", None, outcome.campaign_status, False)
-            elif outcome and outcome.row:
-                owners.add(outcome.row.id)
-            claims[message_id] = outcome
-            self._count_skip(outcome)
-        return claims
-
-    def _count_skip(self, outcome: repository.ClaimOutcome | None) -> None:
-        if outcome is None:
-            self.counts["unknown"] += 1
-        elif outcome.row is None:
-            self.counts["skipped"] += 1
-            if outcome.wamid:
-                logger.info(
-                    f"Skipping already-sent message {outcome.queue_id} (WAMID: {outcome.wamid})",
-                    queue_id=outcome.queue_id,
-                )
-            else:
-                logger.info("skipping message", queue_id=outcome.queue_id, reason=_skip_reason(outcome))
-
-    def _finalize(self) -> None:
-        settings = get_settings()
-        halts: dict[str, str] = {}
-        rows = {c.row.id: c.row for c in self._claims.values() if c and c.row}
-        for row_id, result in self._reports.items():
-            if result.disposition is Disposition.HALT and result.code is not None:
-                halts.setdefault(rows[row_id].campaign_id, f"Graph API error {result.code}: {result.error}")
-        written = repository.finalize_rows(
-            get_conn(),
-            self.token,
-            self._reports,
-            halts,
-            campaign_ids={row.campaign_id for row in rows.values()},
-            error_window=settings.error_rate_window,
-            error_threshold=settings.error_rate_threshold,
-        )
-        self._defer(rows)
-        for row_id, result in self._reports.items():
-            self.counts[str(result.disposition)] += 1
-            if row_id not in written:
-                logger.warning("row was reclaimed before finalize; result not written", queue_id=row_id)
-            if result.disposition is not Disposition.SENT:
-                logger.info(
-                    "send not completed",
-                    queue_id=row_id,
-                    to=mask(rows[row_id].phone_number),
-                    disposition=str(result.disposition),
-                    code=result.code,
-                    error=result.error,
-                )
-        for campaign_id, reason in halts.items():
-            logger.warning("campaign paused", campaign_id=campaign_id, status=CampaignStatus.PAUSED, reason=reason)
-        self._final = dict(self._reports)
-
-    def _defer(self, rows: dict[int, ClaimedRow]) -> None:
-        """Re-enqueue deferred rows as new messages with their delay, so throttling never uses up receives.
-
-        The rows are `ready` by now; if SQS refuses, their records fail instead and SQS redelivers the
-        original messages, which claim the rows again.
-        """
-        deferred = {row_id: r for row_id, r in self._reports.items() if r.disposition is Disposition.DEFER}
-        if not deferred:
-            return
-        enqueue_id = uuid.uuid4().hex
-        messages = [(QueueMessage(row_id, rows[row_id].campaign_id, enqueue_id), r.delay) for row_id, r in deferred.items()]
-        try:
-            sqs.send_delayed(send_queue_url(), messages)
-        except (EnqueueError, ConfigError) as exc:
-            logger.warning("could not re-enqueue deferred rows; their messages will be retried", error=str(exc))
-            for row_id in deferred:
-                self._reports[row_id] = SendResult(Disposition.RETRY, error=f"deferred, re-enqueue failed: {exc}")
-
-    def log_summary(self) -> None:
-        """The one line per batch the operators grep for."""
-        c = self.counts
-        logger.info(
-            f"{c['sent']} sent, {c['failed']} failed, {c['skipped']} skipped (already sent)",
-            sent=c["sent"],
-            failed=c["failed"],
-            skipped=c["skipped"],
-            retried=c["retry"],
-            ambiguous=c["ambiguous"],
-            halted=c["halt"],
-            deferred=c["defer"],
-            unknown=c["unknown"],
-            records=len(self._expected),
-        )
+def _unused_slots(claims: dict[str, ClaimOutcome | None], results: dict[int, SendResult]) -> list[UnusedSlots]:
+    """Per phone number, the slots reserved for rows that never made their request."""
+    unused: dict[str, UnusedSlots] = {}
+    for claim in claims.values():
+        if claim is None or claim.row is None or not claim.row.has_slot or results[claim.row.id].requested:
+            continue
+        slots = unused.get(claim.phone_number_id) or UnusedSlots(claim.phone_number_id, claim.reserved_until, 0, claim.mps)
+        unused[claim.phone_number_id] = UnusedSlots(slots.phone_number_id, slots.reserved_until, slots.count + 1, slots.mps)
+    return list(unused.values())

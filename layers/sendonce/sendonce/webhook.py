@@ -2,8 +2,8 @@
 
 GET answers Meta's verification handshake. POST is accepted only with a valid `X-Hub-Signature-256` (HMAC-SHA256
 of the raw body with the app secret, compared in constant time); its statuses are stored and applied in a
-constant number of statements (`repository.apply_statuses`), and the answer is a quick 200 so Meta does not
-retry. Anything else in the payload (incoming messages, other fields) is acknowledged and ignored.
+constant number of statements (`repository.statuses.apply_statuses`), and the answer is a quick 200 so Meta does
+not retry. Anything else in the payload (incoming messages, other fields) is acknowledged and ignored.
 """
 
 from __future__ import annotations
@@ -14,10 +14,13 @@ import hmac
 import json
 from datetime import UTC, datetime
 
-from sendonce import repository
+import psycopg
+
+from sendonce import callback
 from sendonce.config import get_settings, resolve_secret
 from sendonce.db import get_conn
 from sendonce.observability import logger
+from sendonce.repository import statuses as repository
 
 KNOWN_STATUSES = frozenset({"sent", "delivered", "read", "failed"})
 
@@ -61,42 +64,107 @@ def raw_body(event: dict) -> bytes:
 
 
 def receive(event: dict) -> dict:
-    """Verify and apply a status POST; 401 and nothing stored when the signature is missing or wrong."""
+    """Verify and apply a status POST; 401 and nothing stored when the signature is missing or wrong.
+
+    A verified POST is always answered 200 (Meta retries anything else for days, holding back the good statuses
+    with the bad): statuses that do not validate are skipped and logged, the others applied. Only a database
+    failure answers 5xx, so that Meta delivers the POST again.
+    """
     raw = raw_body(event)
     headers = {k.lower(): v for k, v in (event.get("headers") or {}).items()}
     secret = get_settings().webhook_secret()
+    if not secret:
+        logger.error("webhook refused: WHATSAPP_APP_SECRET is not set (or 'none'); statuses are not reconciled")
+        return _response(401, "webhook disabled")
     if not signature_ok(raw, headers.get("x-hub-signature-256"), secret):
         logger.warning("webhook signature refused", has_signature="x-hub-signature-256" in headers)
         return _response(401, "invalid signature")
     try:
-        statuses = parse_statuses(json.loads(raw))
-    except (ValueError, TypeError, KeyError, AttributeError) as exc:
-        logger.warning("webhook payload unreadable", error=str(exc))
-        return _response(400, "payload is not a WhatsApp webhook")
-    reconciled = repository.apply_statuses(get_conn(), statuses) if statuses else 0
-    logger.info("webhook statuses applied", statuses=len(statuses), reconciled=reconciled)
+        payload = json.loads(raw)
+    except ValueError:
+        logger.warning("webhook payload is not JSON; acknowledged", size=len(raw))
+        return _response(200, "ok")
+    conn = get_conn()
+    statuses, skipped = parse_statuses(payload, callback_key(conn))
+    reconciled = repository.apply_statuses(conn, statuses) if statuses else 0
+    logger.info("webhook statuses applied", statuses=len(statuses), skipped=skipped, reconciled=reconciled)
     return _response(200, "ok")
 
 
-def parse_statuses(payload: dict) -> list[dict]:
-    """The status updates of a webhook payload, flattened, with our row id from biz_opaque_callback_data."""
-    statuses = []
-    for entry in payload["entry"]:
-        for change in entry.get("changes", []):
-            for status in (change.get("value") or {}).get("statuses", []):
-                if status.get("status") not in KNOWN_STATUSES:
-                    continue
-                error = (status.get("errors") or [{}])[0]
-                callback = str(status.get("biz_opaque_callback_data") or "")
-                statuses.append(
-                    {
-                        "wamid": str(status["id"]),
-                        "status": status["status"],
-                        "occurred_at": datetime.fromtimestamp(int(status["timestamp"]), UTC),
-                        "queue_id": int(callback) if callback.isdigit() else None,
-                        "recipient_id": status.get("recipient_id"),
-                        "code": error.get("code"),
-                        "title": error.get("title") or error.get("message"),
-                    }
-                )
-    return statuses
+_keys: dict[str, str] = {}
+
+
+def callback_key(conn: psycopg.Connection) -> str:
+    """This database's biz_opaque_callback_data key, read once per database."""
+    dsn = conn.info.dsn
+    if dsn not in _keys:
+        _keys[dsn] = repository.callback_key(conn)
+    return _keys[dsn]
+
+
+def _entries(payload: object) -> list[dict]:
+    """The status objects of a payload, however malformed its envelope."""
+    entries = payload.get("entry") if isinstance(payload, dict) else None
+    found = []
+    for entry in entries if isinstance(entries, list) else []:
+        changes = entry.get("changes") if isinstance(entry, dict) else None
+        for change in changes if isinstance(changes, list) else []:
+            value = change.get("value") if isinstance(change, dict) else None
+            statuses = value.get("statuses") if isinstance(value, dict) else None
+            found += [s for s in statuses if isinstance(s, dict)] if isinstance(statuses, list) else []
+    return found
+
+
+def parse_statuses(payload: object, key: str) -> tuple[list[dict], int]:
+    """The valid status updates of a webhook payload, flattened, and how many were skipped.
+
+    Each status is validated alone: a bad one is logged and skipped, the others are kept. Its row is named
+    only by callback data this deployment signed (`sendonce.callback`).
+    """
+    statuses, skipped = [], 0
+    for status in _entries(payload):
+        if status.get("status") not in KNOWN_STATUSES:
+            continue  # other kinds (deleted, warning) are not ours to apply
+        try:
+            statuses.append(_status(status, key))
+        except (ValueError, TypeError, OverflowError) as exc:
+            skipped += 1
+            logger.warning("webhook status skipped", reason=str(exc), wamid=str(status.get("id"))[:80])
+    return statuses, skipped
+
+
+def _status(status: dict, key: str) -> dict:
+    wamid = status.get("id")
+    if not isinstance(wamid, str) or not 0 < len(wamid) <= 256:
+        raise ValueError("id is not a WAMID")
+    timestamp = _integer(status.get("timestamp"), 1, 2**33)
+    if timestamp is None:
+        raise ValueError("timestamp is not a Unix time")
+    recipient = status.get("recipient_id")
+    recipient = recipient if isinstance(recipient, str) and recipient.isdigit() and len(recipient) <= 20 else None
+    errors = status.get("errors")
+    error = errors[0] if isinstance(errors, list) and errors and isinstance(errors[0], dict) else {}
+    title = error.get("title") or error.get("message")
+    named = callback.verify(key, status.get("biz_opaque_callback_data"))
+    if named is None and status.get("biz_opaque_callback_data"):
+        logger.info("callback data not ours; status kept without a row", wamid=wamid[:80])
+    return {
+        "wamid": wamid,
+        "status": status["status"],
+        "occurred_at": datetime.fromtimestamp(timestamp, UTC),
+        "campaign_id": named[0] if named else None,
+        "queue_id": named[1] if named and recipient else None,
+        "recipient_id": recipient,
+        "code": _integer(error.get("code"), 0, 2**31 - 1),
+        "title": str(title)[:512] if title is not None else None,
+    }
+
+
+def _integer(value: object, low: int, high: int) -> int | None:
+    """An integer (or its decimal string) within [low, high], else None."""
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        return None
+    if isinstance(value, str) and not (value.isdigit() and value.isascii() and len(value) <= 19):
+        return None
+    number = int(value)
+    return number if low <= number <= high else None

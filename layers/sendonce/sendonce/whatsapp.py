@@ -54,7 +54,7 @@ def template_payload(row: ClaimedRow) -> dict:
         "to": row.phone_number,
         "type": "template",
         "template": template,
-        "biz_opaque_callback_data": str(row.id),
+        "biz_opaque_callback_data": row.callback_data,
     }
 
 
@@ -69,7 +69,7 @@ def send_template(row: ClaimedRow, client: httpx.Client | None = None) -> SendRe
     try:
         response = client.post(f"{row.phone_number_id}/messages", json=template_payload(row))
     except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
-        return SendResult(Disposition.RETRY, error=f"not sent: {type(exc).__name__}")
+        return SendResult(Disposition.RETRY, error=f"not sent: {type(exc).__name__}", requested=False)
     except httpx.TransportError as exc:
         return SendResult(Disposition.AMBIGUOUS, error=f"no answer after the request was sent: {type(exc).__name__}")
     return read_response(response)

@@ -19,7 +19,8 @@ from dataclasses import dataclass
 
 import httpx
 
-from sendonce import db, repository
+from sendonce import db
+from sendonce.repository.campaigns import insert_campaign
 from sendonce.idempotency import get_persistence_store
 from sendonce.local import services
 from sendonce.local.fake_graph import FakeGraph
@@ -66,7 +67,7 @@ def _campaign(conn, count: int, prefix: str) -> tuple[str, list[int]]:
         "phone_number_id": PHONE_NUMBER_ID,
         "total_recipients": count,
     }
-    repository.insert_campaign(conn, fields, ((f"91{prefix}{i:08d}", ("Asha",)) for i in range(count)))
+    insert_campaign(conn, fields, ((f"91{prefix}{i:08d}", ("Asha",)) for i in range(count)))
     ids = [row[0] for row in conn.execute("SELECT id FROM send_queue WHERE campaign_id = %s ORDER BY id", (campaign_id,))]
     return campaign_id, ids
 

@@ -13,7 +13,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from sendonce import campaigns, contacts, db, repository
+from sendonce import campaigns, contacts, db
+from sendonce.repository.control import counters as read_counters
 from sendonce.local import services
 from sendonce.local.event_source import SqsEventSource, queue_depth
 from sendonce.local.fake_graph import FakeGraph
@@ -85,7 +86,7 @@ def local_run(contact_count: int = 200, chaos: bool = False, concurrency: int = 
         created = campaigns.create_campaign(conn, new, contact_list, resources.send_queue_url)
         source = SqsEventSource(resources.send_queue_url, load_handler("sender"), concurrency=concurrency)
         source.run_until_empty(timeout=300)
-        counters = repository.counters(conn, created.campaign_id)
+        counters = read_counters(conn, created.campaign_id)
         dlq_depth = queue_depth(resources.dlq_url)
         report = LocalRunReport(
             campaign_id=created.campaign_id,

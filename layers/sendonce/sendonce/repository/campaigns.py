@@ -1,0 +1,89 @@
+"""Creating a campaign and listing its rows to enqueue."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterable, Iterator
+
+import psycopg
+
+from sendonce.db import database_error, rows
+from sendonce.errors import CampaignStateError
+
+INSERT_CAMPAIGN = """
+INSERT INTO campaigns (id, name, template_name, language_code, phone_number_id, components, total_recipients)
+VALUES (%(id)s, %(name)s, %(template_name)s, %(language_code)s, %(phone_number_id)s, %(components)s,
+        %(total_recipients)s)
+"""
+
+COPY_ROWS = "COPY send_queue (campaign_id, phone_number, params) FROM STDIN"
+
+# Numbers that opted out are counted as cancelled from the start and never enqueued.
+CANCEL_SUPPRESSED = """
+UPDATE send_queue q
+SET status = 'cancelled', last_error = 'suppressed: ' || s.reason
+FROM suppressions s
+WHERE q.campaign_id = %(campaign_id)s AND s.phone_number = q.phone_number AND q.status = 'ready'
+"""
+
+SELECT_CAMPAIGN_STATUS = "SELECT status FROM campaigns WHERE id = %(campaign_id)s"
+
+# The first enqueue of a new campaign: its rows have no other message yet.
+SELECT_READY_IDS = "SELECT id FROM send_queue WHERE campaign_id = %(campaign_id)s AND status = 'ready' ORDER BY id"
+
+# A re-enqueue (resume, retry-failed, `campaign enqueue`): the new messages become the rows' current ones, so
+# an older message of the same row that runs out of receives later can no longer fail it. Marked by ranges of
+# ids (a primary-key range scan each), so no statement holds the locks of a million rows.
+SELECT_READY_ID_RANGE = """
+SELECT min(id), max(id) FROM send_queue WHERE campaign_id = %(campaign_id)s AND status = 'ready'
+"""
+MARK_READY_IDS = """
+UPDATE send_queue SET enqueue_id = %(enqueue_id)s
+WHERE id >= %(low)s AND id < %(high)s AND campaign_id = %(campaign_id)s AND status = 'ready'
+RETURNING id
+"""
+MARK_CHUNK = 10_000
+
+
+def insert_campaign(conn: psycopg.Connection, fields: dict, rows_: Iterable[tuple[str, tuple[str, ...]]]) -> None:
+    """Insert a campaign and COPY its rows, in one transaction: either all of it exists or none."""
+    try:
+        with conn.transaction(), conn.cursor() as cur:
+            cur.execute(INSERT_CAMPAIGN, {**fields, "components": json.dumps(fields.get("components") or [])})
+            campaign_id = uuid.UUID(fields["id"])
+            with cur.copy(COPY_ROWS) as copy:
+                copy.set_types(["uuid", "text", "text[]"])
+                for phone, params in rows_:
+                    copy.write_row((campaign_id, phone, list(params)))
+            cur.execute(CANCEL_SUPPRESSED, {"campaign_id": campaign_id})
+    except psycopg.errors.UniqueViolation as exc:
+        raise CampaignStateError(f"campaign {fields['id']} already exists") from exc
+    except psycopg.Error as exc:
+        raise database_error(exc, "creating the campaign failed") from exc
+
+
+def campaign_status(conn: psycopg.Connection, campaign_id: str) -> str | None:
+    """The campaign's status, or None when it does not exist."""
+    found = rows(conn, SELECT_CAMPAIGN_STATUS, {"campaign_id": campaign_id}, "reading the campaign failed")
+    return found[0][0] if found else None
+
+
+def ready_row_ids(conn: psycopg.Connection, campaign_id: str) -> Iterator[int]:
+    """Stream the ids of a new campaign's `ready` rows through a server-side cursor (it may hold millions)."""
+    try:
+        with conn.transaction(), conn.cursor(name=f"ready_{uuid.uuid4().hex}") as cur:
+            cur.itersize = 10_000
+            cur.execute(SELECT_READY_IDS, {"campaign_id": campaign_id})
+            yield from (row_id for (row_id,) in cur)
+    except psycopg.Error as exc:
+        raise database_error(exc, "reading ready rows failed") from exc
+
+
+def mark_ready_rows(conn: psycopg.Connection, campaign_id: str, enqueue_id: str) -> Iterator[int]:
+    """Make `enqueue_id` the current enqueue of a campaign's `ready` rows, range by range; yield their ids."""
+    params = {"campaign_id": campaign_id, "enqueue_id": enqueue_id}
+    low, high = rows(conn, SELECT_READY_ID_RANGE, params, "reading ready rows failed")[0]
+    for start in range(low or 0, (high or -1) + 1, MARK_CHUNK):
+        chunk = rows(conn, MARK_READY_IDS, {**params, "low": start, "high": start + MARK_CHUNK}, "marking ready rows failed")
+        yield from sorted(row_id for (row_id,) in chunk)

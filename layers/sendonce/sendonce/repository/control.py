@@ -1,0 +1,147 @@
+"""The counters (one definition) and the campaign control statements."""
+
+from __future__ import annotations
+
+import psycopg
+
+from sendonce.db import rows
+
+COUNTER_COLUMNS = """
+campaign_id::text, name, status, pause_reason, recipients, pending, sent, delivered, read, failed, cancelled,
+created_at, completed_at
+"""
+
+SELECT_COUNTERS = f"SELECT {COUNTER_COLUMNS} FROM campaign_counters WHERE campaign_id = %(campaign_id)s"
+
+SELECT_CAMPAIGN_LIST = f"SELECT {COUNTER_COLUMNS} FROM campaign_counters ORDER BY created_at DESC LIMIT %(limit)s"
+
+# Each control statement changes the campaign only from the states it names and returns the state it found,
+# so a caller can tell "not found" from "not allowed now" in the same round trip.
+PAUSE_CAMPAIGN = """
+WITH found AS (SELECT id, status FROM campaigns WHERE id = %(campaign_id)s FOR UPDATE),
+changed AS (
+    UPDATE campaigns c SET status = 'paused', pause_reason = %(reason)s, updated_at = now()
+    FROM found f WHERE c.id = f.id AND f.status = 'running'
+    RETURNING c.id
+)
+SELECT f.status, (SELECT count(*) FROM changed)::integer FROM found f
+"""
+
+RESUME_CAMPAIGN = """
+WITH found AS (SELECT id, status FROM campaigns WHERE id = %(campaign_id)s FOR UPDATE),
+changed AS (
+    UPDATE campaigns c SET status = 'running', pause_reason = NULL, updated_at = now()
+    FROM found f WHERE c.id = f.id AND f.status = 'paused'
+    RETURNING c.id
+)
+SELECT f.status, (SELECT count(*) FROM changed)::integer FROM found f
+"""
+
+# Rows in flight (`processing`) are left to finish: their send may already be accepted, and it is counted.
+CANCEL_CAMPAIGN = """
+WITH found AS (SELECT id, status FROM campaigns WHERE id = %(campaign_id)s FOR UPDATE),
+changed AS (
+    UPDATE campaigns c SET status = 'cancelled', pause_reason = NULL, updated_at = now()
+    FROM found f WHERE c.id = f.id AND f.status IN ('running', 'paused', 'draft', 'scheduled')
+    RETURNING c.id
+),
+rows AS (
+    UPDATE send_queue q SET status = 'cancelled', last_error = 'campaign cancelled', updated_at = now()
+    FROM changed c WHERE q.campaign_id = c.id AND q.status = 'ready'
+    RETURNING q.id
+)
+SELECT f.status, (SELECT count(*) FROM rows)::integer FROM found f
+"""
+
+# Failed rows go back to `ready`, as the current rows of a new enqueue run, except: opted out (131050), hit the
+# per-user marketing limit (131049) less than 24 h ago (a resend fails again and counts against the business),
+# carrying a WAMID, or `unconfirmed` (the ambiguous policy failed them because Meta may have accepted them:
+# only `include_unconfirmed` resends those). The third column counts the unconfirmed rows left alone.
+# A completed campaign runs again; a paused one stays paused (resume sends the rows).
+RETRY_FAILED = """
+WITH found AS (SELECT id, status FROM campaigns WHERE id = %(campaign_id)s FOR UPDATE),
+changed AS (
+    UPDATE campaigns c
+    SET status = CASE WHEN f.status = 'completed' THEN 'running' ELSE f.status END,
+        completed_at = NULL, updated_at = now()
+    FROM found f WHERE c.id = f.id AND f.status IN ('running', 'paused', 'completed')
+    RETURNING c.id
+),
+candidates AS (
+    SELECT q.id, q.last_error IS NOT DISTINCT FROM 'unconfirmed' AS unconfirmed
+    FROM send_queue q JOIN changed c ON q.campaign_id = c.id
+    WHERE q.status = 'failed' AND q.whatsapp_message_id IS NULL
+      AND q.last_error_code IS DISTINCT FROM 131050
+      AND NOT (q.last_error_code IS NOT DISTINCT FROM 131049
+               AND coalesce(q.finished_at, q.updated_at) > now() - interval '24 hours')
+),
+rows AS (
+    UPDATE send_queue q
+    SET status = 'ready', enqueue_id = %(enqueue_id)s, updated_at = now()
+    FROM candidates k
+    WHERE q.id = k.id AND (NOT k.unconfirmed OR %(include_unconfirmed)s)
+    RETURNING q.id
+)
+SELECT f.status, (SELECT count(*) FROM rows)::integer,
+       (SELECT count(*) FROM candidates WHERE unconfirmed AND NOT %(include_unconfirmed)s)::integer
+FROM found f
+"""
+
+# One statement writes the snapshot of every unfinished campaign (or of one) from the shared definition.
+# A running campaign with nothing pending is completed; a cancelled one gets its completed_at then. Finished
+# campaigns stay in scope for 7 days, while Meta may still report delivered/read for them.
+RECOMPUTE_COUNTERS = """
+UPDATE campaigns c
+SET total_recipients = v.recipients,
+    total_sent = v.sent,
+    total_failed = v.failed,
+    total_delivered = v.delivered,
+    total_read = v.read,
+    total_cancelled = v.cancelled,
+    status = CASE WHEN c.status = 'running' AND v.pending = 0 THEN 'completed' ELSE c.status END,
+    completed_at = CASE
+        WHEN c.completed_at IS NOT NULL THEN c.completed_at
+        WHEN c.status IN ('running', 'cancelled') AND v.pending = 0 THEN now()
+    END,
+    updated_at = now()
+FROM campaign_counters v
+WHERE v.campaign_id = c.id
+  AND CASE WHEN %(campaign_id)s::uuid IS NULL
+           THEN c.completed_at IS NULL OR c.completed_at > now() - interval '7 days'
+           ELSE c.id = %(campaign_id)s::uuid END
+RETURNING c.id::text, c.status
+"""
+
+SELECT_STORED_TOTALS = """
+SELECT total_recipients AS recipients, total_sent AS sent, total_delivered AS delivered, total_read AS read,
+       total_failed AS failed, total_cancelled AS cancelled, status
+FROM campaigns WHERE id = %(campaign_id)s
+"""
+
+
+def counters(conn: psycopg.Connection, campaign_id: str) -> dict | None:
+    """The campaign's numbers from the one definition, `campaign_counters`; None when it does not exist."""
+    found = rows(conn, SELECT_COUNTERS, {"campaign_id": campaign_id}, "reading counters failed", dicts=True)
+    return found[0] if found else None
+
+
+def campaign_list(conn: psycopg.Connection, limit: int = 50) -> list[dict]:
+    """The newest campaigns with their numbers, from `campaign_counters`."""
+    return rows(conn, SELECT_CAMPAIGN_LIST, {"limit": limit}, "listing campaigns failed", dicts=True)
+
+
+def change_campaign(conn: psycopg.Connection, statement: str, campaign_id: str, **params) -> tuple | None:
+    """Run one of the control statements; return (status found, rows or campaigns changed, ...), None if no campaign."""
+    found = rows(conn, statement, {"campaign_id": campaign_id, **params}, "changing the campaign failed")
+    return tuple(found[0]) if found else None
+
+
+def recompute_counters(conn: psycopg.Connection, campaign_id: str | None = None) -> list[tuple[str, str]]:
+    """Write campaigns.total_* from `campaign_counters` (all unfinished campaigns, or one); return (id, status)."""
+    return rows(conn, RECOMPUTE_COUNTERS, {"campaign_id": campaign_id}, "recomputing counters failed")
+
+
+def stored_totals(conn: psycopg.Connection, campaign_id: str) -> dict | None:
+    """The campaigns.total_* snapshot as last written by `recompute_counters`."""
+    found = rows(conn, SELECT_STORED_TOTALS, {"campaign_id": campaign_id}, "reading the campaign failed", dicts=True)
+    return found[0] if found else None
