@@ -19,6 +19,7 @@ from sendonce.local import reset_clients, services
 from sendonce.local.event_source import SqsEventSource
 from sendonce.local.fake_graph import FakeGraph
 from sendonce.local.lambda_runtime import LocalContext, load_handler
+from sendonce.local.pgproxy import PgFaultProxy
 from sendonce.migrate import migrate
 
 GRAPH_TOKEN = "test-token"
@@ -87,6 +88,16 @@ def pg_conn(database_url, monkeypatch) -> Iterator[psycopg.Connection]:
     )
     yield conn
     conn.close()
+
+
+@pytest.fixture
+def pg_proxy(pg_conn, database_url, monkeypatch) -> Iterator[PgFaultProxy]:
+    """A fault-injecting proxy in front of the test database: the handlers' DATABASE_URL points at it, while
+    `pg_conn` (the test's own view) stays direct."""
+    with PgFaultProxy(database_url) as proxy:
+        monkeypatch.setenv("DATABASE_URL", proxy.dsn)
+        reset_clients()
+        yield proxy
 
 
 @pytest.fixture(scope="session")

@@ -16,6 +16,7 @@ import psycopg
 import psycopg.rows
 
 from sendonce.local.lambda_runtime import PROJECT_ROOT, LocalContext, load_handler
+from sendonce.sqs import get_sqs_client
 
 EVENTS = PROJECT_ROOT / "events"
 
@@ -110,3 +111,12 @@ def status_update(
 def callback_sent_to(graph, to: str) -> str:
     """The biz_opaque_callback_data the sender gave Meta with its first message to `to`."""
     return next(r["payload"]["biz_opaque_callback_data"] for r in graph.requests if r["to"] == to)
+
+
+def receive_event(source, count: int) -> dict:
+    """Receive `count` messages from the source's queue and build the event Lambda would deliver for them."""
+    messages: list[dict] = []
+    while len(messages) < count:
+        answer = get_sqs_client().receive_message(QueueUrl=source.queue_url, MaxNumberOfMessages=10, VisibilityTimeout=60)
+        messages += answer.get("Messages", [])
+    return source.to_event(messages)

@@ -13,23 +13,20 @@ import uuid
 from sendonce import callback
 from sendonce.local.event_source import SqsEventSource, queue_depth
 from sendonce.sqs import get_sqs_client
-from tests.helpers import kill_sender_when_accepted, load_event, phone, queue_rows, sleep_past_killed_invocation
+from tests.helpers import (
+    kill_sender_when_accepted,
+    load_event,
+    phone,
+    queue_rows,
+    receive_event,
+    sleep_past_killed_invocation,
+)
 
 FILE_CAMPAIGN_ID = "4d46271f-f3b4-4f5b-a2c7-6dbad447a845"
 
 
 def _drain(source: SqsEventSource) -> None:
     source.run_until_empty(timeout=60)
-
-
-def _batch_of(source: SqsEventSource, count: int) -> dict:
-    """Receive `count` messages from the queue and build the event Lambda would deliver for them."""
-    messages: list[dict] = []
-    sqs = get_sqs_client()
-    while len(messages) < count:
-        answer = sqs.receive_message(QueueUrl=source.queue_url, MaxNumberOfMessages=10, VisibilityTimeout=60)
-        messages += answer.get("Messages", [])
-    return source.to_event(messages)
 
 
 def test_sender_events_file_sends_each_row_once(make_campaign, graph, pg_conn, sender_handler, lambda_context):
@@ -140,7 +137,7 @@ def test_sender_same_batch_delivered_twice_at_once_sends_once(make_campaign, gra
     graph.latency = 0.3
     numbers = [phone(i) for i in range(5)]
     campaign_id = make_campaign(*numbers)
-    event = _batch_of(event_source, 5)
+    event = receive_event(event_source, 5)
     responses: list[dict] = []
     barrier = threading.Barrier(2)
 
@@ -189,7 +186,7 @@ def test_sender_enqueued_twice_and_drained_concurrently_sends_once(make_campaign
 def test_sender_poison_message_fails_alone(make_campaign, graph, pg_conn, event_source, lambda_context):
     # Given a batch with two good messages and three bodies that are not the contract's
     campaign_id = make_campaign(phone(1), phone(2))
-    event = _batch_of(event_source, 2)
+    event = receive_event(event_source, 2)
     poison = [
         dict(event["Records"][0], messageId=f"poison-{i}", body=body)
         for i, body in enumerate(
@@ -227,7 +224,7 @@ def test_sender_killed_after_meta_accepted_and_redelivered_sends_once(
 ):
     # Given a sender process that will be killed the moment Meta accepts its message
     campaign_id = make_campaign(phone(1))
-    event = _batch_of(event_source, 1)
+    event = receive_event(event_source, 1)
 
     # When it runs and dies (SIGKILL: no cleanup of any kind)
     assert kill_sender_when_accepted(event, graph, phone(1), tmp_path) == -signal.SIGKILL
@@ -257,7 +254,7 @@ def test_sender_killed_after_meta_accepted_and_redelivered_sends_once(
 def test_sender_duplicate_row_in_one_batch_sends_once(make_campaign, graph, pg_conn, event_source, lambda_context):
     # Given one batch holding two different messages for the same row (two enqueue runs)
     campaign_id = make_campaign(phone(1))
-    event = _batch_of(event_source, 1)
+    event = receive_event(event_source, 1)
     copy = dict(event["Records"][0], messageId=str(uuid.uuid4()))
     body = json.loads(copy["body"])
     copy["body"] = json.dumps({**body, "enqueue_id": uuid.uuid4().hex})

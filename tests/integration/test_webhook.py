@@ -20,10 +20,10 @@ from tests.helpers import (
     phone,
     post_statuses,
     queue_rows,
+    receive_event,
     sleep_past_killed_invocation,
     status_update,
 )
-from tests.integration.test_sender import _batch_of
 
 FILE_CAMPAIGN_ID = "4d46271f-f3b4-4f5b-a2c7-6dbad447a845"
 @pytest.fixture(autouse=True)
@@ -145,7 +145,7 @@ def test_webhook_resolves_lost_answer_and_reset_stuck_never_resends(make_campaig
 def test_webhook_after_sender_killed_ends_sent_with_metas_wamid(make_campaign, graph, pg_conn, event_source, tmp_path):
     # Given a sender process killed the moment Meta accepted its message
     campaign_id = make_campaign(phone(1))
-    event = _batch_of(event_source, 1)
+    event = receive_event(event_source, 1)
     assert kill_sender_when_accepted(event, graph, phone(1), tmp_path) == -signal.SIGKILL
     row = queue_rows(pg_conn, campaign_id)[phone(1)]
     assert row["status"] == "processing"

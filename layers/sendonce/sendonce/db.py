@@ -1,4 +1,8 @@
-"""The PostgreSQL connection, created on first use and kept for the life of the execution environment."""
+"""The PostgreSQL connection, created on first use and kept for the life of the execution environment.
+
+One connection per thread: a Lambda environment runs one invocation at a time on one thread, and the local
+event source runs each concurrent "environment" on a thread of its own, so they never share a transaction.
+"""
 
 from __future__ import annotations
 
@@ -12,8 +16,9 @@ from psycopg.rows import dict_row, tuple_row
 from sendonce.config import get_settings, require, resolve_secret
 from sendonce.errors import DatabaseError
 
-_conn: psycopg.Connection | None = None
-_lock = threading.Lock()
+_local = threading.local()
+_open: set[psycopg.Connection] = set()  # every thread's connection, so that `close_all` can reach them
+_open_lock = threading.Lock()
 
 
 def connect(dsn: str | None = None) -> psycopg.Connection:
@@ -29,21 +34,34 @@ def connect(dsn: str | None = None) -> psycopg.Connection:
 
 
 def get_conn() -> psycopg.Connection:
-    """Return the cached connection, reconnecting if it was closed or dropped."""
-    global _conn
-    with _lock:
-        if _conn is None or _conn.closed or _conn.broken:
-            _conn = connect()
-        return _conn
+    """Return this thread's cached connection, reconnecting if it was closed or dropped."""
+    conn = getattr(_local, "conn", None)
+    if conn is None or conn.closed or conn.broken:
+        drop_conn()
+        conn = _local.conn = connect()
+        with _open_lock:
+            _open.add(conn)
+    return conn
 
 
 def drop_conn() -> None:
-    """Forget the cached connection (after an OperationalError, or in tests)."""
-    global _conn
-    with _lock:
-        if _conn is not None:
-            _conn.close()
-        _conn = None
+    """Close and forget this thread's cached connection (after an OperationalError, or in tests)."""
+    conn = getattr(_local, "conn", None)
+    _local.conn = None
+    if conn is not None:
+        conn.close()
+        with _open_lock:
+            _open.discard(conn)
+
+
+def close_all() -> None:
+    """Close every thread's cached connection (local runs and tests, between runs: nothing may be using one)."""
+    with _open_lock:
+        conns = list(_open)
+        _open.clear()
+    for conn in conns:
+        conn.close()
+    _local.conn = None
 
 
 def database_error(exc: psycopg.Error, what: str) -> DatabaseError:

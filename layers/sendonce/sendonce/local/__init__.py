@@ -17,4 +17,4 @@ def reset_clients() -> None:
     get_dynamodb_client.cache_clear()
     webhook._keys.clear()
     whatsapp.close_http_client()
-    db.drop_conn()
+    db.close_all()

@@ -21,7 +21,7 @@ import httpx
 
 from sendonce import db
 from sendonce.repository.campaigns import insert_campaign
-from sendonce.idempotency import get_persistence_store
+from sendonce.idempotency import get_dynamodb_client
 from sendonce.local import services
 from sendonce.local.fake_graph import FakeGraph
 from sendonce.local.lambda_runtime import LocalContext, load_handler
@@ -98,21 +98,24 @@ def _run_sendonce(conn, graph: FakeGraph, messages: int, concurrency: int) -> di
         nonlocal ddb_requests
         ddb_requests += 1
 
-    get_persistence_store().client.meta.events.register("before-send.dynamodb", count_ddb)
-    sender_conn = db.get_conn()
+    get_dynamodb_client().meta.events.register("before-send.dynamodb", count_ddb)
     graph_before = len(graph.requests)
     handler_seconds = 0.0
+    round_trips = 0
     lock = threading.Lock()
 
     def invoke(event: dict) -> int:
-        nonlocal handler_seconds
+        nonlocal handler_seconds, round_trips
+        sender_conn = db.get_conn()  # this "environment's" connection (one per thread); connecting is not counted
         started = time.perf_counter()
-        failed = len(handler(event, LocalContext("sender"))["batchItemFailures"])
+        with count_round_trips(sender_conn) as trips:
+            failed = len(handler(event, LocalContext("sender"))["batchItemFailures"])
         with lock:
             handler_seconds += time.perf_counter() - started
+            round_trips += trips.count
         return failed
 
-    with count_round_trips(sender_conn) as trips, ThreadPoolExecutor(max_workers=concurrency) as lambdas:
+    with ThreadPoolExecutor(max_workers=concurrency) as lambdas:
         started = time.perf_counter()
         failures = sum(lambdas.map(invoke, events))
         seconds = time.perf_counter() - started
@@ -124,7 +127,7 @@ def _run_sendonce(conn, graph: FakeGraph, messages: int, concurrency: int) -> di
     return {
         "seconds": seconds,
         "handler_seconds": handler_seconds,
-        "round_trips": trips.count,
+        "round_trips": round_trips,
         "ddb_requests": ddb_requests,
         "graph_requests": len(graph.requests) - graph_before,
     }
@@ -159,9 +162,12 @@ def run_bench(
     graph = FakeGraph(token="bench-token", latency=latency)
     with services.local_stack("sendonce-bench", graph, moto_process=True, environ={"WHATSAPP_MAX_MPS": "1000"}) as stack:
         conn = db.connect()
-        migrate(conn)
-        ours = _run_sendonce(conn, graph, messages, concurrency)
-        seed_seconds = _run_seed(conn, graph, baseline_messages)
+        try:
+            migrate(conn)
+            ours = _run_sendonce(conn, graph, messages, concurrency)
+            seed_seconds = _run_seed(conn, graph, baseline_messages)
+        finally:
+            conn.close()
         rate = messages / ours["seconds"]
         baseline_rate = baseline_messages / seed_seconds
         return BenchResult(
