@@ -203,3 +203,25 @@ def contacts_bucket(moto_server, monkeypatch) -> str:
         s3.create_bucket(Bucket=name)
     monkeypatch.setenv("CONTACTS_BUCKET", name)
     return name
+
+
+@pytest.fixture
+def world(pg_conn, database_url, monkeypatch, tmp_path, moto_server):
+    """The fault suites' world: the test database behind a fault proxy, a fake Graph, queues (tests/faults.py)."""
+    from tests.faults import World
+
+    with PgFaultProxy(database_url) as proxy:
+        w = World(pg_conn, database_url, proxy, monkeypatch, tmp_path)
+        yield w
+        if w.graph:
+            w.graph.stop()
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """What the fault suites ran: injection points per scenario, the soak's seed."""
+    from tests.faults import REPORT
+
+    if REPORT:
+        terminalreporter.section("fault injection")
+        for line in REPORT:
+            terminalreporter.write_line(line)

@@ -120,3 +120,31 @@ def receive_event(source, count: int) -> dict:
         answer = get_sqs_client().receive_message(QueueUrl=source.queue_url, MaxNumberOfMessages=10, VisibilityTimeout=60)
         messages += answer.get("Messages", [])
     return source.to_event(messages)
+
+
+def deliver_event(event: dict, timeout: float = 30) -> set[str]:
+    """Invoke the sender on received messages as the event source would; return the ids of failed records.
+
+    Done messages are deleted; failed ones become visible again at once (as if their visibility timeout
+    passed).
+    """
+    response = load_handler("sender")(event, LocalContext("sender", timeout_seconds=timeout))
+    failed = {f["itemIdentifier"] for f in response["batchItemFailures"]}
+    settle_received(event, failed)
+    return failed
+
+
+def settle_received(event: dict, failed: set[str]) -> None:
+    """What the poller does after an invocation: delete the done messages, let the failed ones come back."""
+    sqs = get_sqs_client()
+    urls: dict[str, str] = {}
+    for record in event["Records"]:
+        name = record["eventSourceARN"].rsplit(":", 1)[1]
+        queue_url = urls.get(name) or urls.setdefault(name, sqs.get_queue_url(QueueName=name)["QueueUrl"])
+        try:
+            if record["messageId"] in failed:
+                sqs.change_message_visibility(QueueUrl=queue_url, ReceiptHandle=record["receiptHandle"], VisibilityTimeout=0)
+            else:
+                sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=record["receiptHandle"])
+        except sqs.exceptions.ClientError:
+            pass  # a stale receipt handle: the message was received again since

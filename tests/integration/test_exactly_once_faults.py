@@ -23,6 +23,7 @@ from sendonce.sqs import get_sqs_client
 from tests.helpers import (
     WEBHOOK_SECRET,
     callback_sent_to,
+    deliver_event,
     load_event,
     phone,
     post_statuses,
@@ -33,31 +34,6 @@ from tests.helpers import (
 
 # A short invocation, so that running out the claim's window takes seconds, not the 30 s of the stack's sender.
 SHORT = 8
-
-
-def _sender(event: dict, timeout: float = 30) -> set[str]:
-    """Invoke the sender handler on received messages as the event source would; return the failed ids.
-
-    Done messages are deleted; failed ones become visible again at once (their visibility timeout "passed").
-    """
-    response = load_handler("sender")(event, LocalContext("sender", timeout_seconds=timeout))
-    failed = {f["itemIdentifier"] for f in response["batchItemFailures"]}
-    queue_url = get_sqs_client().get_queue_url(QueueName=event["Records"][0]["eventSourceARN"].rsplit(":", 1)[1])["QueueUrl"]
-    for record in event["Records"]:
-        if record["messageId"] in failed:
-            _quietly(get_sqs_client().change_message_visibility, QueueUrl=queue_url,
-                     ReceiptHandle=record["receiptHandle"], VisibilityTimeout=0)
-        else:
-            _quietly(get_sqs_client().delete_message, QueueUrl=queue_url, ReceiptHandle=record["receiptHandle"])
-    return failed
-
-
-def _quietly(call, **kwargs) -> None:
-    """An SQS call on a receipt handle that may be stale (the message was already deleted or received again)."""
-    try:
-        call(**kwargs)
-    except get_sqs_client().exceptions.ClientError:
-        pass
 
 
 def _reset_stuck_after_window(pg_conn) -> dict:
@@ -96,7 +72,7 @@ def test_finalize_connection_killed_after_meta_accepted_ends_sent_without_webhoo
     graph.on_request = kill_sender_connection
 
     # When the batch is handled
-    failed = _sender(event)
+    failed = deliver_event(event)
 
     # Then every row is sent with the WAMID Meta gave, no webhook needed, and nothing is retried
     assert failed == set()
@@ -105,7 +81,7 @@ def test_finalize_connection_killed_after_meta_accepted_ends_sent_without_webhoo
 
     # And neither a redelivery nor reset_stuck nor draining the queue sends anything again
     graph.on_request = None
-    assert _sender(event) == set()
+    assert deliver_event(event) == set()
     assert _reset_stuck_after_window(pg_conn)["reset"] == 0
     event_source.run_until_empty(timeout=30)
     assert graph.accepted == {n: 1 for n in numbers}
@@ -123,7 +99,7 @@ def test_database_unreachable_until_the_window_closes_keeps_wamids_for_reset_stu
     pg_proxy.inject(at=2, when="before", outage=True)
 
     # When the batch is handled
-    failed = _sender(event, timeout=SHORT)
+    failed = deliver_event(event, timeout=SHORT)
 
     # Then Meta took every send, the finalize was the statement cut, and the results went to the batch journal
     # (the records are done: a redelivery could not know more than the journal does)
@@ -158,7 +134,7 @@ def test_claim_reply_lost_releases_the_rows_and_nothing_is_lost(
     pg_proxy.inject(at=1, when="after_send", outage=outage)
 
     # When the batch is handled
-    failed = _sender(event, timeout=SHORT)
+    failed = deliver_event(event, timeout=SHORT)
 
     # Then nothing was sent and every record is retried
     assert pg_proxy.fired.sql.lstrip().startswith("WITH requested AS")
@@ -232,7 +208,7 @@ def test_slots_of_rows_not_sent_are_given_back(make_campaign, graph, pg_conn, ev
     booked = pg_conn.execute("SELECT next_slot_at FROM rate_limits").fetchone()[0]
 
     # When the sender claims it
-    failed = _sender(event, timeout=SHORT)
+    failed = deliver_event(event, timeout=SHORT)
 
     # Then it does not send after the moment its claim's window allows: it releases the row (the record is
     # retried) and gives its slot back
@@ -379,7 +355,7 @@ def test_queue_id_beyond_bigint_fails_alone_in_the_sender_and_the_dlq_handler(
     event["Records"].append(huge)
 
     # When the sender handles it
-    failed = _sender(event)
+    failed = deliver_event(event)
 
     # Then only that record failed; the good rows were sent
     assert failed == {"huge"} and graph.accepted == {phone(1): 1, phone(2): 1}

@@ -44,19 +44,25 @@ class FakeGraph:
         self.chaos = chaos
         # Like Meta: more than `throttle_mps` messages in one second are refused with 130429 (0: no limit).
         self.throttle_mps = throttle_mps
-        self.throttled = 0
-        self.accepted_at: list[float] = []
-        self._arrivals: list[float] = []
-        self.on_crash: Callable[[dict], None] | None = None
-        # Called with the recipient before each send is answered (tests change plans mid-run with it).
-        self.on_request: Callable[[str], None] | None = None
-        self.accepted: Counter[str] = Counter()
-        self.wamids: dict[str, list[str]] = defaultdict(list)
-        self.requests: list[dict] = []
-        self._plans: dict[str, deque[str]] = defaultdict(deque)
-        self._random = random.Random(seed)
+        self._seed = seed
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget every send, plan and hook, as a freshly started server would (the port stays)."""
+        with self._lock:
+            self.throttled = 0
+            self.accepted_at: list[float] = []
+            self._arrivals: list[float] = []
+            self.on_crash: Callable[[dict], None] | None = None
+            # Called with the recipient before each send is answered (tests change plans mid-run with it).
+            self.on_request: Callable[[str], None] | None = None
+            self.accepted: Counter[str] = Counter()
+            self.wamids: dict[str, list[str]] = defaultdict(list)
+            self.requests: list[dict] = []
+            self._plans: dict[str, deque[str]] = defaultdict(deque)
+            self._random = random.Random(self._seed)
 
     # -- control ---------------------------------------------------------------------------------
 
