@@ -18,5 +18,41 @@ CREATE TABLE deployment (
 );
 INSERT INTO deployment DEFAULT VALUES;
 
--- What the last claim asked for; the claim reserves at most the slots that fall within MAX_SLOT_WAIT_SECONDS.
-ALTER TABLE rate_limits ADD COLUMN requested integer NOT NULL DEFAULT 0;
+-- A claim reserves only the send slots that fall within MAX_SLOT_WAIT_SECONDS; the rows beyond are deferred
+-- unsent and line up: `deferred_until` is where the line ends. A deferred row's message carries its place in
+-- line and comes back when that place nears, so deferred rows return at the rate they can be served instead
+-- of all at once. Rows back from the line take free slots before fresh rows; a row back from the line that
+-- finds no slot keeps its place (only fresh rows lengthen the line). The line reserves nothing: no slot waits
+-- for a row that may never come back.
+ALTER TABLE rate_limits
+    ADD COLUMN deferred_until timestamptz,
+    -- What the last claim asked for, and how many of those rows came back from the line.
+    ADD COLUMN requested integer NOT NULL DEFAULT 0,
+    ADD COLUMN requested_in_line integer NOT NULL DEFAULT 0;
+
+-- The schedule's arithmetic, in one place: a claim of `in_line` rows back from the line and `fresh` rows asks a
+-- number's schedule (booked until `booked_until`, its line ending at `line_until`, `mps` slots a second) for
+-- slots; it gets those that fall within `max_wait` seconds. One clock_timestamp(), read after the caller got
+-- the schedule's row lock: a claim that waited for the lock never books slots already past.
+CREATE FUNCTION reserve_send_slots(
+    booked_until timestamptz, line_until timestamptz, mps float8, in_line integer, fresh integer, max_wait float8
+) RETURNS TABLE (next_slot_at timestamptz, slots integer, deferred_until timestamptz)
+LANGUAGE sql VOLATILE AS $$
+    WITH start AS (
+        SELECT greatest(booked_until, clock_timestamp()) AS first_slot, clock_timestamp() AS now
+    ),
+    free AS (
+        SELECT first_slot,
+               greatest(floor((max_wait - extract(epoch FROM first_slot - now)) * mps), 0)::integer AS capacity
+        FROM start
+    ),
+    booked AS (
+        SELECT first_slot, least(in_line + fresh, capacity) AS slots FROM free
+    )
+    SELECT first_slot + slots * interval '1 second' / mps,
+           slots,
+           -- Only fresh rows without a slot join the line; rows back from it keep their places.
+           greatest(line_until, first_slot + slots * interval '1 second' / mps)
+               + (fresh - (slots - least(in_line, slots))) * interval '1 second' / mps
+    FROM booked
+$$;

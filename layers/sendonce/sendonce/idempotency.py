@@ -84,6 +84,6 @@ def complete(message: QueueMessage, result: dict) -> None:
     get_persistence_store().save_success(data=message.idempotency_data(), result=result)
 
 
-def release(message: QueueMessage, reason: Exception) -> None:
-    """Forget the delivery, so SQS's redelivery of the message runs again."""
+def release(message: QueueMessage, reason: object) -> None:
+    """Forget the delivery, so that its redelivery (or a delayed copy) runs again."""
     get_persistence_store().delete_record(data=message.idempotency_data(), exception=reason)

@@ -1,9 +1,11 @@
 """The batch journal: one DynamoDB item per claim that every resend path reads before it resends.
 
-- `begin(token)`, before the first send of a claim: from then on its rows may have reached Meta. A stuck row
-  whose claim has no journal item was provably never sent, so reset_stuck releases it whatever the policy.
-- `record(token, results)`, only when PostgreSQL did not take a batch's results within the claim's window: the
-  WAMIDs Meta returned survive, and reset_stuck writes them (guarded by the claim token) instead of resending.
+- `begin(token)`, before the claim (while the idempotency records are written): nothing is claimed without
+  it, so a stuck row whose claim has no journal item was provably never sent, and reset_stuck releases it
+  whatever the policy.
+- `record(token, results)`, only when PostgreSQL did not take a batch's results (or the release of a failed
+  claim) within the claim's window: the WAMIDs Meta returned survive, and reset_stuck writes them (guarded by
+  the claim token) instead of resending.
 - `lookup(tokens)`, by reset_stuck.
 
 Items live in the idempotency table under their own key prefix and expire after 14 days.

@@ -53,6 +53,9 @@ class QueueMessage:
     campaign_id: str
     # One id per enqueue run: duplicate deliveries of a run share it, a deliberate re-enqueue gets a new one.
     enqueue_id: str
+    # A row deferred for want of a send slot: its place in the line of deferred rows (Unix time, the database's
+    # clock), kept when it comes back and finds no slot again.
+    line_at: float | None = None
 
     @classmethod
     def parse(cls, body: str | None, fallback_enqueue_id: str) -> QueueMessage:
@@ -74,7 +77,11 @@ class QueueMessage:
         enqueue_id = data.get("enqueue_id") or fallback_enqueue_id
         if not isinstance(enqueue_id, str) or not _ENQUEUE_ID.match(enqueue_id):
             raise MalformedMessageError(f"enqueue_id must be 1 to 128 letters, digits or _.:-, got {str(enqueue_id)[:40]!r}")
-        return cls(queue_id=int(digits), campaign_id=campaign_id, enqueue_id=enqueue_id)
+        line_at = data.get("line_at")
+        if line_at is not None and (isinstance(line_at, bool) or not isinstance(line_at, (int, float))
+                                    or not 0 < line_at < 1e11):
+            raise MalformedMessageError(f"line_at must be a Unix time, got {str(line_at)[:40]!r}")
+        return cls(int(digits), campaign_id, enqueue_id, None if line_at is None else float(line_at))
 
     def idempotency_data(self) -> dict:
         """What the idempotency layer keys a delivery on: the row and the enqueue run."""
@@ -82,9 +89,10 @@ class QueueMessage:
 
     def body(self) -> str:
         """The SQS body for this message."""
-        return json.dumps(
-            {"queue_id": str(self.queue_id), "campaign_id": self.campaign_id, "enqueue_id": self.enqueue_id}
-        )
+        body = {"queue_id": str(self.queue_id), "campaign_id": self.campaign_id, "enqueue_id": self.enqueue_id}
+        if self.line_at is not None:
+            body["line_at"] = round(self.line_at, 3)
+        return json.dumps(body)
 
 
 @dataclass(frozen=True)
@@ -101,7 +109,7 @@ class ClaimedRow:
     components: tuple[dict, ...] = ()
     attempt: int = 1  # this claim's attempt number (1 = first)
     send_in: float = 0.0  # seconds from the claim until this row's send slot (the rate limiter)
-    has_slot: bool = True  # False: the schedule had no slot within MAX_SLOT_WAIT_SECONDS; the row is deferred
+    slot_seconds: float = 0.0  # the schedule's slot interval, 1 / messages per second
     callback_data: str = ""  # biz_opaque_callback_data: names the row, signed (sendonce.callback)
 
 

@@ -1,22 +1,23 @@
-"""The sender: one SQS batch through seven phases, each with one way to fail and one way to recover.
+"""The sender: one SQS batch through six phases, each with one way to fail and one way to recover.
 
     phase     does                                               when it fails
  1  parse     each body -> QueueMessage                          that record fails alone (it ends in the DLQ)
- 2  gate      idempotency record per delivery (DynamoDB)         that record is retried; a finished duplicate
-                                                                 gets the stored result back
+ 2  gate      an idempotency record per delivery, and the        that record is retried; a finished duplicate
+              batch journal's "this claim may send" (DynamoDB,   gets the stored result back. No journal entry:
+              all at once)                                       nothing is claimed, every record is retried
  3  claim     ONE statement claims the rows, reserves slots      the claim is released on a fresh connection
                                                                  (nothing was sent) and every record retried
- 4  journal   one DynamoDB put: "this claim's sends may start"   nothing is sent: the rows are released
- 5  send      concurrent Graph requests at their slots           never raises: every row gets a SendResult
- 6  finalize  ONE statement writes every result; deferred rows   retried on fresh connections until the claim's
+ 4  send      concurrent Graph requests at their slots           never raises: every row gets a SendResult
+ 5  finalize  ONE statement writes every result; deferred rows   retried on fresh connections until the claim's
               are re-enqueued inside the same transaction        window closes, then kept in the batch journal
                                                                  for reset_stuck, which writes them
- 7  settle    each idempotency record completed or released     logged; the record expires with the invocation
+ 6  settle    each idempotency record completed or released     logged; the record expires with the invocation
 
-Only phases 2, 5 and 7 use threads (one per record); the database work runs on the caller's thread. Time: a
+Only phases 2, 4 and 6 use threads (one per record); the database work runs on the caller's thread. Time: a
 claim is worked on only within its window (`STUCK_AFTER_SECONDS` from the claim, and the invocation's own
-deadline), so reset_stuck can never take a row whose sender is still waiting for Meta. docs/sender-protocol.md
-walks through every failure point.
+deadline), so reset_stuck can never take a row whose sender is still waiting for Meta; and nothing stands
+between the claim and the sends, which keep to the slots the claim booked. docs/sender-protocol.md walks
+through every failure point.
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ if TYPE_CHECKING:
     from aws_lambda_powertools.utilities.typing import LambdaContext
 
 Outcome = dict | Exception  # what a record came to: its result, or why it is retried
+MIN_SLOT_LATENESS = 0.25  # a send may start this late (or one slot interval, if longer), and no later
 
 
 def process_batch(event: dict, context: LambdaContext) -> dict:
@@ -84,17 +86,19 @@ class _Batch:
         self.halted = threading.Event()  # set by the first halt code: sends still waiting are not made
         self.counts: Counter[str] = Counter()
         self.outcomes: dict[str, Outcome] = {}
-        self.journal_started = False
+        self.requeued: set[str] = set()  # deliveries sent again for later: their idempotency records are released
 
     def run(self, records: list[SQSRecord]) -> dict[str, Outcome]:
         messages = self._parse(records)
-        with ThreadPoolExecutor(max_workers=max(len(records), 1), thread_name_prefix="record") as pool:
+        with ThreadPoolExecutor(max_workers=len(records) + 1, thread_name_prefix="record") as pool:
+            journal_entry = pool.submit(self._journal_begin)
             gated = self._gate(pool, messages)
-            owners = self._owners(gated)
+            owners = self._owners(gated, journal_entry.result())
             claims = self._claim(owners)
             if claims is not None:
                 rows = {c.row.id: c.row for c in claims.values() if c and c.row}
                 results = self._send(pool, rows)
+                self._requeue(owners, claims)
                 self._finalize(rows, claims, results)
                 self._outcomes(owners, claims, results)
             self._settle(pool, gated)
@@ -135,12 +139,23 @@ class _Batch:
                 self.outcomes[message_id] = answer
         return gated
 
-    def _owners(self, gated: dict[str, QueueMessage]) -> dict[str, QueueMessage]:
-        """One message per row: a second message for the same row in this batch is skipped."""
+    def _journal_begin(self) -> JournalError | None:
+        """Write the journal entry that lets this claim send (nothing is claimed without it)."""
+        try:
+            journal.begin(self.token)
+        except JournalError as exc:
+            logger.warning("batch journal unavailable; claiming nothing", error=str(exc))
+            return exc
+        return None
+
+    def _owners(self, gated: dict[str, QueueMessage], journal_error: JournalError | None) -> dict[str, QueueMessage]:
+        """The messages whose rows to claim: one per row (another for the same row is skipped), if any may send."""
         owners: dict[str, QueueMessage] = {}
         seen: set[int] = set()
         for message_id, message in gated.items():
-            if message.queue_id in seen:
+            if journal_error:
+                self._fail(message_id, journal_error)
+            elif message.queue_id in seen:
                 self._skip(message_id, message.queue_id, "another message of this batch has the row")
             else:
                 seen.add(message.queue_id)
@@ -151,9 +166,11 @@ class _Batch:
 
     def _claim(self, owners: dict[str, QueueMessage]) -> dict[str, ClaimOutcome | None] | None:
         """Claim every owner's row in one statement; None when the claim failed (it is released)."""
-        # Measured before the statement: the row's claimed_at (the server's now()) is later, so every deadline
-        # derived from this is on the safe side of reset_stuck's.
-        claim_started = time.monotonic()
+        # Measured before the statement, whose now() (claimed_at, and the base of the slots it returns) is later
+        # by the request's one-way trip only: deadlines derived from it are on the safe side of reset_stuck's, and
+        # sends keep to their slots however long the reply took (a lock wait, a busy process), instead of a whole
+        # batch sliding into the next sender's slots.
+        self.slots_from = claim_started = time.monotonic()
         self.hold_until = min(self.deadline, claim_started + self.settings.stuck_after_seconds)
         self.finalize_by = self.hold_until - JOURNAL_SECONDS
         self.send_by = self.finalize_by - FINALIZE_SECONDS - self.settings.whatsapp_timeout_seconds
@@ -166,57 +183,67 @@ class _Batch:
             )
         except DatabaseError as exc:
             # The claim may have committed with its reply lost: release whatever this token holds. No send was
-            # started, so nothing can be lost; if even the release fails, reset_stuck finds no journal entry
-            # for the token and releases the rows itself.
+            # started, so nothing can be lost; if even the release fails, the journal keeps it for reset_stuck.
             logger.warning("claim failed; releasing it on a fresh connection", error=str(exc))
             unsent = SendResult(Disposition.RETRY, error=f"not sent: claim failed ({exc})", requested=False)
-            self._write_until_deadline([RowResult(m.queue_id, m.campaign_id, self.token, unsent) for m in owners.values()])
+            released = [RowResult(m.queue_id, m.campaign_id, self.token, unsent) for m in owners.values()]
+            if not self._write_until_deadline(released)[0]:
+                self._keep_in_journal({r.row_id: unsent for r in released})
             for message_id in owners:
                 self._fail(message_id, BatchAbortedError(f"claim failed: {exc}"))
             return None
-        self.slots_from = time.monotonic()
         claims = {message_id: found.get(message.queue_id) for message_id, message in owners.items()}
         for message_id, claim in claims.items():
             if claim is None:
                 self._fail(message_id, UnknownRowError(f"no send_queue row {owners[message_id].queue_id} in campaign "
                                                        f"{owners[message_id].campaign_id}"))
-            elif claim.row is None:
+            elif claim.row is None and claim.line_at is None:
                 self._skip(message_id, claim.queue_id, _skip_reason(claim), claim.wamid)
         return claims
 
-    # 4. journal -------------------------------------------------------------------------------------------
+    def _requeue(self, owners: dict[str, QueueMessage], claims: dict[str, ClaimOutcome | None]) -> None:
+        """Rows the full schedule had no slot for: their messages again, delayed until their place in line nears.
 
-    def _journal_begin(self) -> bool:
-        """Record that this claim's sends may start; False (send nothing) if the journal cannot say so."""
+        They come back when their place is half a window away, before the rows behind them fill the window. A
+        copy is the same delivery, later: it keeps the enqueue id (the row's current message stays current) and
+        its place in line, and the idempotency record is released so that it passes the gate.
+        """
+        waiting = {i: c for i, c in claims.items() if c and c.row is None and c.line_at is not None}
+        if not waiting:
+            return
+        half_window = self.settings.max_slot_wait_seconds / 2
+        copies = [
+            (QueueMessage(c.queue_id, owners[i].campaign_id, owners[i].enqueue_id, c.line_at),
+             min(max(math.ceil(c.send_in - half_window), 1), 900))
+            for i, c in waiting.items()
+        ]
         try:
-            journal.begin(self.token)
-        except JournalError as exc:
-            logger.warning("batch journal unavailable; sending nothing", error=str(exc))
-            return False
-        self.journal_started = True
-        return True
+            sqs.send_delayed(send_queue_url(), copies)
+        except (EnqueueError, ConfigError) as exc:
+            for message_id in waiting:
+                self._fail(message_id, TransientSendError(f"no send slot soon, and SQS refused the deferral: {exc}"))
+            return
+        for message_id, claim in waiting.items():
+            self.counts["defer"] += 1
+            self.requeued.add(message_id)
+            self.outcomes[message_id] = {"queue_id": claim.queue_id, "result": "deferred", "reason": "no send slot soon"}
 
-    # 5. send ----------------------------------------------------------------------------------------------
+    # 4. send ----------------------------------------------------------------------------------------------
 
     def _send(self, pool: ThreadPoolExecutor, rows: dict[int, ClaimedRow]) -> dict[int, SendResult]:
-        """Every claimed row's result; nothing is sent unless the journal knows the sends may start."""
-        if any(row.has_slot for row in rows.values()) and not self._journal_begin():
-            unsent = SendResult(Disposition.RETRY, error="not sent: the batch journal is unavailable", requested=False)
-            return dict.fromkeys(rows, unsent)
         return dict(zip(rows, pool.map(self._send_one, rows.values())))
 
     def _send_one(self, row: ClaimedRow) -> SendResult:
         """Wait for the row's slot, send, classify; never raises."""
         settings = self.settings
-        if not row.has_slot:
-            # The shared schedule has no slot within MAX_SLOT_WAIT_SECONDS: come back when it may have one.
-            delay = min(max(math.ceil(row.send_in - settings.max_slot_wait_seconds), 1), 900)
-            return SendResult(Disposition.DEFER, error="no send slot soon", delay=delay, requested=False)
         slot_at = self.slots_from + row.send_in
         if slot_at > self.send_by:
             return SendResult(Disposition.RETRY, error="not sent: the claim's window was ending", requested=False)
         if self.halted.wait(timeout=max(slot_at - time.monotonic(), 0)):
             return SendResult(Disposition.HALT, error="not sent: the batch halted on an earlier error", requested=False)
+        if time.monotonic() - slot_at > max(row.slot_seconds, MIN_SLOT_LATENESS):
+            # This process ran late (a pause, a busy machine): sent now, it would take another sender's slot.
+            return SendResult(Disposition.DEFER, error="not sent: its send slot had passed", delay=1, requested=False)
         try:
             result = whatsapp.send_template(row)
         except Exception as exc:  # noqa: BLE001 - the request may have left: never resend blindly
@@ -229,7 +256,7 @@ class _Batch:
             result = SendResult(Disposition.DEFER, code=result.code, error=result.error, delay=delay)
         return result
 
-    # 6. finalize ------------------------------------------------------------------------------------------
+    # 5. finalize ------------------------------------------------------------------------------------------
 
     def _finalize(
         self, rows: dict[int, ClaimedRow], claims: dict[str, ClaimOutcome | None], results: dict[int, SendResult]
@@ -242,10 +269,14 @@ class _Batch:
                       enqueue_id if result.disposition is Disposition.DEFER else None)
             for row_id, result in results.items()
         ]
-        if self._write_until_deadline(row_results, _unused_slots(claims, results)) or not self.journal_started:
-            # Written; or never started (reset_stuck releases a claim without journal entry: nothing was sent).
-            return
-        # PostgreSQL did not take the results within the claim's window: the journal keeps them.
+        written, row_results = self._write_until_deadline(row_results, _unused_slots(claims, results))
+        # What was written is what the records answer: a deferral SQS refused became a retry of its message.
+        results.update({r.row_id: r.result for r in row_results})
+        if not written:
+            self._keep_in_journal(results)
+
+    def _keep_in_journal(self, results: dict[int, SendResult]) -> None:
+        """PostgreSQL did not take the results within the claim's window: the journal keeps them for reset_stuck."""
         try:
             journal.record(self.token, results)
             logger.warning("results kept in the batch journal for reset_stuck", claim=str(self.token), rows=len(results))
@@ -257,20 +288,25 @@ class _Batch:
                 wamids={row_id: r.wamid for row_id, r in results.items() if r.wamid},
             )
 
-    def _write_until_deadline(self, row_results: list[RowResult], unused: list[UnusedSlots] | None = None) -> bool:
-        """Finalize, retried on fresh connections until `finalize_by` (safe: each write is token-guarded)."""
+    def _write_until_deadline(
+        self, row_results: list[RowResult], unused: list[UnusedSlots] | None = None
+    ) -> tuple[bool, list[RowResult]]:
+        """Finalize, retried on fresh connections until `finalize_by` (safe: each write is token-guarded).
+
+        Returns whether it was written, and the results as last tried.
+        """
         pause = 0.05
         while True:
             try:
                 self._write(row_results, unused or [])
-                return True
+                return True, row_results
             except (EnqueueError, ConfigError) as exc:
                 logger.warning("deferred rows not re-enqueued; their messages are retried instead", error=str(exc))
                 row_results = [_undeferred(r) for r in row_results]
             except DatabaseError as exc:
                 if time.monotonic() + pause >= self.finalize_by:
                     logger.warning("finalize failed; the claim's window is closing", error=str(exc))
-                    return False
+                    return False, row_results
                 logger.warning("finalize failed; retrying on a fresh connection", error=str(exc))
                 time.sleep(pause)
                 pause = min(pause * 2, 1.0)
@@ -309,7 +345,7 @@ class _Batch:
                     disposition=str(result.disposition), code=result.code, error=result.error,
                 )
 
-    # 7. settle --------------------------------------------------------------------------------------------
+    # 6. settle --------------------------------------------------------------------------------------------
 
     def _settle(self, pool: ThreadPoolExecutor, gated: dict[str, QueueMessage]) -> None:
         """Complete the idempotency record of every delivery that passed the gate, or release it for a retry."""
@@ -318,7 +354,7 @@ class _Batch:
             message_id, message = item
             outcome = self.outcomes[message_id]
             try:
-                if isinstance(outcome, Exception):
+                if isinstance(outcome, Exception) or message_id in self.requeued:
                     idempotency.release(message, outcome)
                 else:
                     idempotency.complete(message, outcome)
@@ -372,11 +408,23 @@ def _undeferred(r: RowResult) -> RowResult:
 
 
 def _unused_slots(claims: dict[str, ClaimOutcome | None], results: dict[int, SendResult]) -> list[UnusedSlots]:
-    """Per phone number, the slots reserved for rows that never made their request."""
-    unused: dict[str, UnusedSlots] = {}
+    """Per phone number, the last slots of this claim whose rows never made their request.
+
+    Only the unused end of the claim's slots can go back: a slot in the middle (a missed one) is followed by
+    slots this claim used, and the next claim would book them a second time.
+    """
+    by_number: dict[str, list[ClaimOutcome]] = {}
     for claim in claims.values():
-        if claim is None or claim.row is None or not claim.row.has_slot or results[claim.row.id].requested:
-            continue
-        slots = unused.get(claim.phone_number_id) or UnusedSlots(claim.phone_number_id, claim.reserved_until, 0, claim.mps)
-        unused[claim.phone_number_id] = UnusedSlots(slots.phone_number_id, slots.reserved_until, slots.count + 1, slots.mps)
-    return list(unused.values())
+        if claim and claim.has_slot:
+            by_number.setdefault(claim.phone_number_id, []).append(claim)
+    unused = []
+    for number, slotted in by_number.items():
+        slotted.sort(key=lambda c: c.send_in)
+        # A slotted row without `row` lost the race for it to another worker: its slot is unused too.
+        tail = len(slotted) - next(
+            (i for i in range(len(slotted), 0, -1) if slotted[i - 1].row and results[slotted[i - 1].row.id].requested),
+            0,
+        )
+        if tail:
+            unused.append(UnusedSlots(number, slotted[0].reserved_until, tail, slotted[0].mps))
+    return unused

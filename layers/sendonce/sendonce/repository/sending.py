@@ -17,29 +17,78 @@ from sendonce.models import ClaimedRow, Disposition, QueueMessage, SendResult
 # status = 'ready' on the row it locks, so of two workers racing for a row exactly one gets it. The claiming
 # message becomes the row's current one (`enqueue_id`: only the current message's exhaustion fails a row).
 #
-# Send slots: one schedule per phone number (`rate_limits`), slots 1/mps apart, shared by every sender. A claim
-# reserves only the slots that fall within MAX_SLOT_WAIT_SECONDS: the rows beyond get no slot (`has_slot`
-# false) and are deferred unsent, so the schedule can never run ahead of what is really sent.
+# Send slots: one schedule per phone number (`rate_limits`), slots 1/mps apart, shared by every sender. The
+# statement books only the slots that fall within MAX_SLOT_WAIT_SECONDS (`reserve_send_slots`, migration 005)
+# and claims only the rows that got one: the others stay `ready`, untouched, and the sender sends their
+# messages again, delayed to when their place in the line of deferred rows (`line_at`) nears. So nothing is
+# booked that is not about to be sent, and a sender that finds the schedule full costs the database nothing.
 CLAIM_ROWS = """
 WITH requested AS (
-    SELECT * FROM unnest(%(ids)s::bigint[], %(campaign_ids)s::uuid[], %(enqueue_ids)s::text[])
-        AS r (id, campaign_id, enqueue_id)
+    SELECT * FROM unnest(%(ids)s::bigint[], %(campaign_ids)s::uuid[], %(enqueue_ids)s::text[], %(line_ats)s::float8[])
+        AS r (id, campaign_id, enqueue_id, line_at)
 ),
 target AS (
-    SELECT q.id, q.status, q.whatsapp_message_id, c.status AS campaign_status, r.enqueue_id,
-           EXISTS (SELECT 1 FROM suppressions s WHERE s.phone_number = q.phone_number) AS suppressed
+    SELECT q.id, q.status, q.whatsapp_message_id, c.status AS campaign_status, c.phone_number_id, r.enqueue_id,
+           r.line_at, EXISTS (SELECT 1 FROM suppressions s WHERE s.phone_number = q.phone_number) AS suppressed
     FROM requested r
     JOIN send_queue q ON q.id = r.id AND q.campaign_id = r.campaign_id
     JOIN campaigns c ON c.id = q.campaign_id
+),
+-- The rows that may be sent, in the order they get slots: back from the line first (by place), then fresh.
+ranked AS (
+    SELECT t.id, t.phone_number_id, t.line_at,
+           row_number() OVER (PARTITION BY t.phone_number_id ORDER BY t.line_at NULLS LAST, t.id) AS place
+    FROM target t
+    WHERE t.campaign_status = 'running' AND NOT t.suppressed AND t.status = 'ready' AND t.whatsapp_message_id IS NULL
+),
+demand AS (
+    SELECT phone_number_id, count(*) FILTER (WHERE line_at IS NOT NULL)::integer AS in_line,
+           count(*) FILTER (WHERE line_at IS NULL)::integer AS fresh
+    FROM ranked GROUP BY phone_number_id
+),
+reserved AS (
+    INSERT INTO rate_limits AS r (phone_number_id, next_slot_at, last_reserved, deferred_until, requested, requested_in_line)
+    SELECT d.phone_number_id, s.next_slot_at, s.slots, s.deferred_until, d.in_line + d.fresh, d.in_line
+    FROM demand d
+    CROSS JOIN LATERAL reserve_send_slots(NULL, NULL, %(default_mps)s, d.in_line, d.fresh, %(max_wait)s) s
+    ON CONFLICT (phone_number_id) DO UPDATE
+    SET (next_slot_at, last_reserved, deferred_until, requested, requested_in_line) = (
+        SELECT s.next_slot_at, s.slots, s.deferred_until, excluded.requested, excluded.requested_in_line
+        FROM reserve_send_slots(r.next_slot_at, r.deferred_until, coalesce(r.max_mps, %(default_mps)s),
+                                excluded.requested_in_line, excluded.requested - excluded.requested_in_line,
+                                %(max_wait)s) s
+    )
+    RETURNING r.*
+),
+-- In seconds from now(), the statement's start, which the sender measures from: where this claim's slots
+-- start, and where its fresh rows without a slot line up.
+schedule AS (
+    SELECT rs.phone_number_id, rs.next_slot_at AS reserved_until, rs.last_reserved AS slots,
+           coalesce(rs.max_mps, %(default_mps)s) AS mps,
+           extract(epoch FROM rs.next_slot_at - now())
+               - rs.last_reserved::float8 / coalesce(rs.max_mps, %(default_mps)s) AS start_in,
+           extract(epoch FROM rs.deferred_until - now())
+               - greatest(rs.requested - rs.last_reserved - greatest(rs.requested_in_line - rs.last_reserved, 0), 0)::float8
+                 / coalesce(rs.max_mps, %(default_mps)s) AS line_in,
+           rs.requested_in_line AS in_line
+    FROM reserved rs
+),
+slotted AS (
+    SELECT k.id, k.place <= s.slots AS has_slot, s.reserved_until, s.mps,
+           CASE WHEN k.place <= s.slots THEN greatest(s.start_in, 0) + (k.place - 1) / s.mps::float8
+                -- No slot: the row's place in line, its own if it came back from the line.
+                WHEN k.line_at IS NOT NULL THEN k.line_at - extract(epoch FROM now())
+                ELSE greatest(s.line_in, 0) + (k.place - greatest(s.slots, s.in_line) - 1) / s.mps::float8
+           END AS send_in
+    FROM ranked k JOIN schedule s ON s.phone_number_id = k.phone_number_id
 ),
 claimed AS (
     UPDATE send_queue q
     SET status = 'processing', claim_token = %(token)s, claimed_at = now(), attempts = q.attempts + 1,
         enqueue_id = t.enqueue_id, updated_at = now()
-    FROM target t
-    WHERE q.id = t.id AND t.campaign_status = 'running' AND NOT t.suppressed
-      AND q.status = 'ready' AND q.whatsapp_message_id IS NULL
-    RETURNING q.id, q.campaign_id
+    FROM slotted s JOIN target t ON t.id = s.id
+    WHERE q.id = s.id AND s.has_slot AND q.status = 'ready' AND q.whatsapp_message_id IS NULL
+    RETURNING q.id
 ),
 cancelled AS (
     UPDATE send_queue q
@@ -49,47 +98,13 @@ cancelled AS (
     FROM target t
     WHERE q.id = t.id AND q.status = 'ready' AND (t.campaign_status = 'cancelled' OR t.suppressed)
     RETURNING q.id
-),
-demand AS (
-    SELECT c.phone_number_id, count(*)::integer AS n
-    FROM claimed cl JOIN campaigns c ON c.id = cl.campaign_id
-    GROUP BY c.phone_number_id
-),
-reserved AS (
-    INSERT INTO rate_limits AS r (phone_number_id, next_slot_at, last_reserved, requested)
-    SELECT d.phone_number_id,
-           now() + least(d.n, floor(%(max_wait)s * %(default_mps)s)) * interval '1 second' / %(default_mps)s,
-           least(d.n, floor(%(max_wait)s * %(default_mps)s)),
-           d.n
-    FROM demand d
-    ON CONFLICT (phone_number_id) DO UPDATE
-    -- Every expression sees the row as it was: the slots free before now + max_wait, at most what was asked.
-    SET next_slot_at = greatest(r.next_slot_at, now())
-            + least(excluded.requested, greatest(floor(
-                  (%(max_wait)s - extract(epoch FROM greatest(r.next_slot_at, now()) - now()))
-                  * coalesce(r.max_mps, %(default_mps)s)), 0))
-              * interval '1 second' / coalesce(r.max_mps, %(default_mps)s),
-        last_reserved = least(excluded.requested, greatest(floor(
-                  (%(max_wait)s - extract(epoch FROM greatest(r.next_slot_at, now()) - now()))
-                  * coalesce(r.max_mps, %(default_mps)s)), 0)),
-        requested = excluded.requested
-    RETURNING r.phone_number_id, r.next_slot_at AS reserved_until, r.last_reserved AS slots,
-              coalesce(r.max_mps, %(default_mps)s) AS mps,
-              extract(epoch FROM r.next_slot_at - now())
-                - r.last_reserved::float8 / coalesce(r.max_mps, %(default_mps)s) AS start_in
-),
-placed AS (
-    SELECT cl.id, c.phone_number_id,
-           row_number() OVER (PARTITION BY c.phone_number_id ORDER BY cl.id) AS place
-    FROM claimed cl JOIN campaigns c ON c.id = cl.campaign_id
 )
 SELECT t.id, t.status, t.whatsapp_message_id, t.campaign_status,
        cl.id IS NOT NULL AS claimed, ca.id IS NOT NULL AS cancelled,
        q.campaign_id::text AS campaign_id, q.phone_number, q.params, q.attempts + 1 AS attempt,
        c.template_name, c.language_code, c.phone_number_id, c.components,
-       -- This row's slot in seconds from now (for a row without one: where it would have been).
-       greatest(rs.start_in, 0) + (p.place - 1) / rs.mps::float8 AS send_in,
-       p.place <= rs.slots AS has_slot, rs.reserved_until, rs.mps,
+       sl.has_slot, sl.send_in, sl.reserved_until, sl.mps,
+       extract(epoch FROM now()) + sl.send_in AS line_at,
        d.callback_key
 FROM target t
 JOIN send_queue q ON q.id = t.id
@@ -97,8 +112,7 @@ JOIN campaigns c ON c.id = q.campaign_id
 CROSS JOIN deployment d
 LEFT JOIN claimed cl ON cl.id = t.id
 LEFT JOIN cancelled ca ON ca.id = t.id
-LEFT JOIN placed p ON p.id = t.id
-LEFT JOIN reserved rs ON rs.phone_number_id = p.phone_number_id
+LEFT JOIN slotted sl ON sl.id = t.id
 """
 
 # One statement finalizes a batch, and only rows their claim still owns (token and `processing`): a stale
@@ -178,6 +192,11 @@ class ClaimOutcome:
     phone_number_id: str = ""
     reserved_until: datetime | None = None  # the end of the slots this claim reserved for the row's number
     mps: int = 0
+    has_slot: bool = False  # a slot was booked for it (if `row` is None all the same, another worker took the row)
+    # In seconds from the claim: its slot; without one (the schedule is full), its place in the line of deferred
+    # rows, which `line_at` gives as a Unix time.
+    send_in: float | None = None
+    line_at: float | None = None
 
 
 @dataclass(frozen=True)
@@ -214,6 +233,7 @@ def claim_rows(
         "ids": [m.queue_id for m in messages],
         "campaign_ids": [m.campaign_id for m in messages],
         "enqueue_ids": [m.enqueue_id for m in messages],
+        "line_ats": [m.line_at for m in messages],
         "token": token,
         "default_mps": default_mps,
         "max_wait": max_wait,
@@ -234,13 +254,15 @@ def _claim_outcome(r: dict) -> ClaimOutcome:
             phone_number_id=r["phone_number_id"],
             components=tuple(r["components"] or ()),
             attempt=r["attempt"],
-            send_in=float(r["send_in"] or 0.0),
-            has_slot=bool(r["has_slot"]),
+            send_in=float(r["send_in"]),
+            slot_seconds=1 / r["mps"],
             callback_data=callback.sign(r["callback_key"], r["campaign_id"], r["id"]),
         )
+    waits = r["has_slot"] is False  # ready and sendable, but the schedule had no slot for it
     return ClaimOutcome(
         r["id"], row, r["status"], r["whatsapp_message_id"], r["campaign_status"], r["cancelled"],
-        r["phone_number_id"], r["reserved_until"], r["mps"] or 0,
+        r["phone_number_id"], r["reserved_until"], r["mps"] or 0, bool(r["has_slot"]),
+        r["send_in"], float(r["line_at"]) if waits else None,
     )
 
 
