@@ -218,6 +218,62 @@ def test_slots_of_rows_not_sent_are_given_back(make_campaign, graph, pg_conn, ev
     assert pg_conn.execute("SELECT next_slot_at FROM rate_limits").fetchone()[0] == booked
 
 
+def test_row_without_a_slot_soon_is_not_claimed_and_comes_back_with_its_place_in_line(
+    make_campaign, graph, pg_conn, event_source, monkeypatch
+):
+    # Given a schedule booked 5 s ahead and MAX_SLOT_WAIT_SECONDS=2
+    monkeypatch.setenv("MAX_SLOT_WAIT_SECONDS", "2")
+    pg_conn.execute(
+        "INSERT INTO rate_limits (phone_number_id, next_slot_at) VALUES ('106540352242922', now() + interval '5 s')"
+    )
+    campaign_id = make_campaign(phone(1))
+    event = receive_event(event_source, 1)
+    first = json.loads(event["Records"][0]["body"])
+
+    # When the sender gets its message
+    failed = deliver_event(event, timeout=SHORT)
+
+    # Then nothing is sent or claimed, no slot is booked for it, and the message is done: a delayed copy of it
+    # (the same enqueue, with the row's place in the line of deferred rows) is on the queue instead
+    assert failed == set() and graph.requests == []
+    row = queue_rows(pg_conn, campaign_id)[phone(1)]
+    assert (row["status"], row["attempts"]) == ("ready", 0)
+    assert pg_conn.execute("SELECT next_slot_at - now() < interval '5 s' FROM rate_limits").fetchone()[0]
+    copy = receive_event(event_source, 1)
+    body = json.loads(copy["Records"][0]["body"])
+    assert body["enqueue_id"] == first["enqueue_id"] and body["line_at"] > 0
+
+    # and the copy, once the schedule has room, sends the row once
+    assert deliver_event(copy, timeout=SHORT) == set()
+    assert graph.accepted == {phone(1): 1}
+    assert queue_rows(pg_conn, campaign_id)[phone(1)]["status"] == "sent"
+
+
+def test_deferral_that_sqs_refuses_leaves_the_row_ready_and_its_message_retried(
+    make_campaign, graph, pg_conn, event_source, monkeypatch
+):
+    # Given a row Meta throttles (130429: the row is deferred with a delayed copy of its message), and a send
+    # queue URL that SQS does not know
+    graph.plan(phone(1), "error:130429")
+    campaign_id = make_campaign(phone(1))
+    event = receive_event(event_source, 1)
+    monkeypatch.setenv("SEND_QUEUE_URL", event_source.queue_url + "-gone")
+    get_settings.cache_clear()
+
+    # When the sender handles the message
+    failed = deliver_event(event, timeout=SHORT)
+
+    # Then the message itself is retried (its record failed), and the row is `ready` for it, not stranded in
+    # `processing` or left `ready` with no message
+    assert failed == {event["Records"][0]["messageId"]}
+    row = queue_rows(pg_conn, campaign_id)[phone(1)]
+    assert (row["status"], row["last_error_code"]) == ("ready", 130429)
+    monkeypatch.setenv("SEND_QUEUE_URL", event_source.queue_url)
+    get_settings.cache_clear()
+    event_source.run_until_empty(timeout=30)
+    assert graph.accepted == {phone(1): 1}
+
+
 # 4. retry-failed skipped rows without an error code, and resent `unconfirmed` rows.
 
 
