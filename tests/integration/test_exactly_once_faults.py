@@ -141,7 +141,7 @@ def test_claim_reply_lost_releases_the_rows_and_nothing_is_lost(
     assert failed == {r["messageId"] for r in event["Records"]} and graph.accepted == {}
     rows = queue_rows(pg_conn, campaign_id).values()
     if outage:
-        # (the release could not reach PostgreSQL either: the rows wait, claimed, with no journal entry)
+        # (the release could not reach PostgreSQL either: the rows wait, claimed; the journal keeps them unsent)
         assert {r["status"] for r in rows} == {"processing"}
     else:
         assert {(r["status"], r["attempts"]) for r in rows} == {("ready", 0)}

@@ -9,6 +9,7 @@ import sys
 
 from sendonce import control
 from sendonce.cli import main
+from sendonce.idempotency import get_dynamodb_client
 from sendonce.local.event_source import queue_depth
 from sendonce.local.lambda_runtime import LocalContext, load_handler
 from tests.helpers import load_event, phone, queue_rows
@@ -187,3 +188,26 @@ def test_dlq_redrive_moves_messages_back_and_they_send_once(make_campaign, graph
     assert queue_depth(aws.dlq_url) == 0
     assert graph.accepted == {phone(1): 1}
     assert queue_rows(pg_conn, campaign_id)[phone(1)]["status"] == "sent"
+
+
+def test_reset_stuck_does_not_take_an_expired_journal_entry_as_proof_of_an_unsent_claim(
+    make_campaign, graph, pg_conn, event_source, aws, monkeypatch
+):
+    # Given a row whose answer was lost after Meta accepted it, under AMBIGUOUS_POLICY=fail, stuck so long (15
+    # days: reset_stuck was down) that its claim's journal entry has expired and is gone
+    monkeypatch.setenv("AMBIGUOUS_POLICY", "fail")
+    graph.plan(phone(1), "drop")
+    campaign_id = make_campaign(phone(1))
+    event_source.run_until_empty(timeout=60)
+    token = queue_rows(pg_conn, campaign_id)[phone(1)]["claim_token"]
+    get_dynamodb_client().delete_item(TableName=aws.idempotency_table, Key={"id": {"S": f"sendonce#claim#{token}"}})
+    _age_claims(pg_conn, 15 * 24 * 3600)
+
+    # When reset_stuck runs
+    result = _invoke("reset_stuck", "reset_stuck_schedule.json")
+
+    # Then the missing entry proves nothing: the policy decides, and the row is not sent again
+    assert result["failed"] == 1 and result["reset"] == 0
+    event_source.run_until_empty(timeout=30)
+    assert graph.accepted == {phone(1): 1}
+    assert queue_rows(pg_conn, campaign_id)[phone(1)]["last_error"] == "unconfirmed"

@@ -8,7 +8,8 @@
   the claim token) instead of resending.
 - `lookup(tokens)`, by reset_stuck.
 
-Items live in the idempotency table under their own key prefix and expire after 14 days.
+Items live in the idempotency table under their own key prefix and expire after 14 days; reset_stuck trusts a
+missing entry only for claims younger than 13 days (older rows go to the policy).
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ from sendonce.idempotency import get_dynamodb_client, table_name
 from sendonce.models import Disposition, SendResult
 
 KEEP_SECONDS = 14 * 24 * 3600
+# How old a claim may be for a missing entry to prove that it never sent (TTL deletion is not instant, and
+# clocks differ; a day of margin).
+TRUSTED_SECONDS = KEEP_SECONDS - 24 * 3600
 BATCH_GET_LIMIT = 100
 
 

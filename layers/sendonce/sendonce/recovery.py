@@ -41,7 +41,7 @@ def reset_stuck(conn: psycopg.Connection, queue_url: str | None = None) -> dict:
     queue_url = queue_url or send_queue_url()
     enqueue_id = uuid.uuid4().hex
     with transaction(conn, "resetting stuck rows failed"):
-        stuck = recovery_sql.stuck_rows(conn, settings.stuck_after_seconds, RESET_LIMIT)
+        stuck = recovery_sql.stuck_rows(conn, settings.stuck_after_seconds, RESET_LIMIT, journal.TRUSTED_SECONDS)
         entries = journal.lookup({token for _, _, token in stuck if token})
         recovered = _write_journal_results(conn, stuck, entries, enqueue_id)
         unsent = {row_id: token is not None and token not in entries for row_id, _, token in stuck if row_id not in recovered}

@@ -12,8 +12,11 @@ from sendonce.db import rows, transaction
 # Stuck rows: `processing` for longer than STUCK_AFTER_SECONDS with no WAMID (a webhook that resolved a row
 # stored its WAMID and made it `sent`). Locked until reset_stuck commits; SKIP LOCKED makes two concurrent
 # runs take each row once.
+# The claim token only while the batch journal still keeps the claim's entry: an older row without an entry is
+# not proof of an unsent claim, so it goes to the policy like any row whose sender died.
 SELECT_STUCK = """
-SELECT q.id, q.campaign_id::text, q.claim_token
+SELECT q.id, q.campaign_id::text,
+       CASE WHEN q.claimed_at > now() - make_interval(secs => %(journal_keeps)s) THEN q.claim_token END
 FROM send_queue q
 WHERE q.status = 'processing' AND q.whatsapp_message_id IS NULL
   AND q.claimed_at < now() - make_interval(secs => %(stuck_after)s)
@@ -78,9 +81,15 @@ SELECT id, message_id, body, attributes, reason, received_at FROM dead_letters O
 """
 
 
-def stuck_rows(conn: psycopg.Connection, stuck_after: int, limit: int) -> list[tuple[int, str, uuid.UUID | None]]:
-    """Lock the stuck rows (inside the caller's transaction); return (id, campaign_id, claim_token) for each."""
-    return rows(conn, SELECT_STUCK, {"stuck_after": stuck_after, "limit": limit}, "reading stuck rows failed")
+def stuck_rows(
+    conn: psycopg.Connection, stuck_after: int, limit: int, journal_keeps: int
+) -> list[tuple[int, str, uuid.UUID | None]]:
+    """Lock the stuck rows (inside the caller's transaction); return (id, campaign_id, claim_token) for each.
+
+    The token is None for claims older than `journal_keeps` seconds, whose journal entry may have expired.
+    """
+    params = {"stuck_after": stuck_after, "limit": limit, "journal_keeps": journal_keeps}
+    return rows(conn, SELECT_STUCK, params, "reading stuck rows failed")
 
 
 def resolve_stuck(
