@@ -26,7 +26,7 @@ ON CONFLICT ON CONSTRAINT message_statuses_once DO NOTHING
 RECONCILE_ROWS = """
 UPDATE send_queue q
 SET status = 'sent', whatsapp_message_id = s.wamid, actual_sent_at = coalesce(q.actual_sent_at, s.occurred_at),
-    last_error = NULL, last_error_code = NULL, updated_at = now()
+    finished_at = coalesce(q.finished_at, now()), last_error = NULL, last_error_code = NULL, updated_at = now()
 FROM (
     SELECT DISTINCT ON (queue_id) queue_id, campaign_id, wamid, occurred_at, recipient
     FROM unnest(%(queue_ids)s::bigint[], %(campaign_ids)s::uuid[], %(wamids)s::text[], %(occurred)s::timestamptz[],
@@ -84,6 +84,9 @@ def apply_statuses(conn: psycopg.Connection, statuses: list[dict]) -> int:
     Each status is a dict with wamid, status, occurred_at, queue_id and campaign_id (both None unless its
     callback data was verified), recipient_id, code, title. Returns the number of rows reconciled.
     """
+    # In one order (WAMID, status) in every POST: two POSTs holding the same statuses (Meta's duplicates, sent
+    # concurrently) then wait for each other on the unique index instead of deadlocking.
+    statuses = sorted(statuses, key=lambda s: (s["wamid"], s["status"]))
     columns = {
         "wamids": [s["wamid"] for s in statuses],
         "statuses": [s["status"] for s in statuses],
