@@ -88,10 +88,12 @@ def test_create_bad_file_refused_with_nothing_written(pg_conn, aws, tmp_path, ca
     # When creating a campaign from it
     code = main(_create(path))
 
-    # Then a one-line error, exit code 2, and nothing in the database or on the queue
-    err = capsys.readouterr().err.strip()
+    # Then a one-line error (a file without one valid row lists them below it), exit code 2, and nothing in the
+    # database or on the queue
+    first, *listed = capsys.readouterr().err.strip().splitlines()
     assert code == 2
-    assert message in err and err.startswith("sendonce: error:") and "\n" not in err
+    assert message in first and first.startswith("sendonce: error:")
+    assert all(line.startswith("  line ") for line in listed)
     assert _nothing_written(pg_conn, aws)
 
 

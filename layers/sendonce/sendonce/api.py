@@ -129,8 +129,10 @@ def create_campaign() -> Response:
     body = _body()
     new = _new_campaign(body)
     region = body.get("default_country")
-    if region is not None and not (isinstance(region, str) and len(region) == 2):
+    if region is not None and not isinstance(region, str):
         raise RequestError("default_country must be a two-letter ISO country code")
+    # Checked now: for contacts_s3 the file is read later, by the asynchronous job, which nobody watches.
+    region = contacts.check_region(region, "default_country")
     if ("contacts" in body) == ("contacts_s3" in body):
         raise RequestError("give exactly one of contacts (inline list) or contacts_s3 ({bucket, key})")
     if "contacts_s3" in body:

@@ -10,11 +10,11 @@ from dataclasses import dataclass, field
 import psycopg
 
 from sendonce import db, sqs
-from sendonce.repository import campaigns as repository
-from sendonce.contacts import ContactList, InvalidRow
-from sendonce.errors import CampaignInputError, CampaignNotFoundError, ContactsError, DatabaseError, EnqueueError
+from sendonce.contacts import ContactList, InvalidRow, no_valid_contacts
+from sendonce.errors import CampaignInputError, CampaignNotFoundError, DatabaseError, EnqueueError
 from sendonce.models import QueueMessage
 from sendonce.observability import logger
+from sendonce.repository import campaigns as repository
 
 _LANGUAGE = re.compile(r"^[a-z]{2,3}(_[A-Z]{2})?$")
 _TEMPLATE = re.compile(r"^[a-z0-9_]{1,512}$")
@@ -103,9 +103,11 @@ def create_campaign(
     """
     campaign.validate()
     if not contacts.contacts:
-        raise ContactsError(f"no valid contacts ({len(contacts.invalid)} invalid rows): nothing was created")
+        raise no_valid_contacts(contacts, inline=True)
+    # One spelling of the id everywhere (uuid.UUID also takes braces, "urn:uuid:" and bare hex; PostgreSQL not all).
+    campaign_id = str(uuid.UUID(campaign.id))
     fields = {
-        "id": campaign.id,
+        "id": campaign_id,
         "name": campaign.name.strip(),
         "template_name": campaign.template_name,
         "language_code": campaign.language_code,
@@ -116,19 +118,21 @@ def create_campaign(
     try:
         repository.insert_campaign(conn, fields, ((c.phone, c.params) for c in contacts.contacts))
     except DatabaseError as exc:
-        conn = _created_after_all(campaign.id, exc)
+        if _refused_before_commit(exc):
+            raise
+        conn = _created_after_all(campaign_id, exc)
     logger.info(
         "campaign created",
-        campaign_id=campaign.id,
+        campaign_id=campaign_id,
         recipients=len(contacts.contacts),
         invalid=len(contacts.invalid),
         duplicates=contacts.duplicates,
     )
     # A new campaign's rows have no other message: their enqueue_id stays NULL (any of theirs is current).
     enqueue_id = uuid.uuid4().hex
-    messages = (QueueMessage(i, campaign.id, enqueue_id) for i in repository.ready_row_ids(conn, campaign.id))
-    enqueued = _enqueue(campaign.id, queue_url, messages, on_progress)
-    return CreatedCampaign(campaign.id, len(contacts.contacts), contacts.invalid, contacts.duplicates, enqueued)
+    messages = (QueueMessage(i, campaign_id, enqueue_id) for i in repository.ready_row_ids(conn, campaign_id))
+    enqueued = _enqueue(campaign_id, queue_url, messages, on_progress)
+    return CreatedCampaign(campaign_id, len(contacts.contacts), contacts.invalid, contacts.duplicates, enqueued)
 
 
 def enqueue_campaign(
@@ -152,8 +156,8 @@ def enqueue_campaign(
         Some messages could not be sent; their rows stay `ready` and the message says how to finish.
     """
     try:
-        uuid.UUID(campaign_id)
-    except ValueError:
+        campaign_id = str(uuid.UUID(campaign_id))
+    except (ValueError, AttributeError, TypeError):
         raise CampaignNotFoundError(f"no campaign {campaign_id!r} (not a UUID)") from None
     if repository.campaign_status(conn, campaign_id) is None:
         raise CampaignNotFoundError(f"no campaign {campaign_id}")
@@ -174,6 +178,13 @@ def _enqueue(
         ) from exc
     logger.info("campaign enqueued", campaign_id=campaign_id, enqueued=sent)
     return sent
+
+
+def _refused_before_commit(exc: DatabaseError) -> bool:
+    """Whether PostgreSQL refused a statement as written (SQLSTATE class 42: a table missing because the database
+    was never migrated, no privilege): that is decided before anything runs, so the create surely did not commit."""
+    sqlstate = getattr(exc.__cause__, "sqlstate", None) or ""
+    return sqlstate.startswith("42")
 
 
 def _created_after_all(campaign_id: str, exc: DatabaseError) -> psycopg.Connection:

@@ -5,7 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
+import textwrap
+import uuid
 
 from sendonce import __version__
 from sendonce.config import send_queue_url
@@ -15,6 +18,7 @@ from sendonce.errors import (
     CampaignStateError,
     ConfigError,
     ContactsError,
+    DatabaseError,
     MigrationError,
     SendonceError,
 )
@@ -25,13 +29,131 @@ INPUT_ERRORS = (
     CampaignInputError, CampaignNotFoundError, CampaignStateError, ContactsError, ConfigError, MigrationError
 )
 
+# What each command needs from the environment: the one source of every command's help epilog and of the
+# check that runs before the command touches anything. "AWS" stands for a region and credentials.
+AWS = "AWS"
+VARIABLES = {
+    "DATABASE_URL": "the PostgreSQL database, postgresql://USER:PASSWORD@HOST:5432/DBNAME or a Secrets Manager ARN",
+    "SEND_QUEUE_URL": "the SQS send queue's URL, stack output SendQueueUrl",
+    "DLQ_URL": "the SQS dead-letter queue's URL, stack output DeadLetterQueueUrl",
+    "IDEMPOTENCY_TABLE": "the DynamoDB table that holds the batch journal, stack output IdempotencyTableName",
+    AWS: "an AWS region and credentials: AWS_DEFAULT_REGION; AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or "
+    "AWS_PROFILE; AWS_ENDPOINT_URL for local stand-ins",
+}
+ENVIRONMENT: dict[str, tuple[str, ...]] = {
+    "migrate": ("DATABASE_URL",),
+    "campaign create": ("DATABASE_URL", "SEND_QUEUE_URL", AWS),
+    "campaign enqueue": ("DATABASE_URL", "SEND_QUEUE_URL", AWS),
+    "campaign status": ("DATABASE_URL",),
+    "campaign list": ("DATABASE_URL",),
+    "campaign pause": ("DATABASE_URL",),
+    "campaign resume": ("DATABASE_URL", "SEND_QUEUE_URL", AWS),
+    "campaign cancel": ("DATABASE_URL",),
+    "campaign retry-failed": ("DATABASE_URL", "SEND_QUEUE_URL", AWS),
+    "reset-stuck": ("DATABASE_URL", "SEND_QUEUE_URL", "IDEMPOTENCY_TABLE", AWS),
+    "recompute": ("DATABASE_URL",),
+    "dlq list": ("DATABASE_URL",),
+    "dlq redrive": ("DLQ_URL", "SEND_QUEUE_URL", AWS),
+}
+# Settings a command reads when they are set (defaults: the README's configuration table).
+OPTIONAL_ENVIRONMENT = {"reset-stuck": ("STUCK_AFTER_SECONDS", "AMBIGUOUS_POLICY")}
+LOCAL_HINT = "for a local stack, `sendonce local up` prints the variables to export"
+# The HTTP API's error codes (api.py), reused by --json errors so that scripts handle both alike.
+ERROR_CODES = ((CampaignNotFoundError, "not_found"), (CampaignStateError, "conflict"), (INPUT_ERRORS, "bad_request"))
+# libpq reports a database without sendonce's tables (never migrated) with these SQLSTATEs.
+_SCHEMA_MISSING = {"42P01", "42703", "42883"}  # undefined table, column, function
+_URL_PASSWORD = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*://[^\s:/@]*:)([^\s@]+)@")
+_KEYWORD_PASSWORD = re.compile(r"(\bpassword\s*=\s*)\S+", re.IGNORECASE)
+
+
+def _help(command: str, text: str) -> dict:
+    """add_parser keywords: `text` as help and description, the command's environment as the epilog."""
+    needs = ENVIRONMENT.get(command, ())
+    lines = ["environment:"] if needs else []
+    for name in needs:
+        label = f"  {'AWS region, credentials' if name == AWS else name:24} "
+        lines.append(textwrap.fill(
+            VARIABLES[name], 100, initial_indent=label, subsequent_indent=" " * len(label),
+            break_long_words=False, break_on_hyphens=False,
+        ))
+    optional = OPTIONAL_ENVIRONMENT.get(command, ())
+    if optional:
+        lines.append(f"  optional: {', '.join(optional)} (defaults in the README)")
+    if needs:
+        lines.append(f"({LOCAL_HINT})")
+    return {
+        "help": text,
+        "description": text[0].upper() + text[1:] + ".",
+        "epilog": "\n".join(lines) or None,
+        "formatter_class": argparse.RawDescriptionHelpFormatter,
+    }
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number:,} {noun}{'' if number == 1 else 's'}"
+
+
+def _joined(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def check_environment(command: str) -> None:
+    """Check what `command` needs from the environment (ENVIRONMENT) before it reads or writes anything.
+
+    Parameters
+    ----------
+    command
+        A key of ENVIRONMENT, e.g. "campaign create".
+
+    Raises
+    ------
+    ConfigError
+        A setting is invalid (AMBIGUOUS_POLICY, a number), or a variable the command needs is missing (all of
+        them are named, with where to get them) or malformed (DATABASE_URL, a queue URL).
+    """
+    from sendonce import config
+
+    # Invalid values first: they say exactly what to fix, whatever else is missing.
+    settings = config.get_settings()
+    needs = ENVIRONMENT[command]
+    missing = [f"{name} ({VARIABLES[name]})" for name in needs if name != AWS and not getattr(settings, name.lower())]
+    if AWS in needs:
+        missing += config.missing_aws()
+    if missing:
+        raise ConfigError(f"{command} needs {_joined(missing)}, not set; {LOCAL_HINT}")
+    if "DATABASE_URL" in needs:
+        config.database_url()
+    for name in ("SEND_QUEUE_URL", "DLQ_URL"):
+        if name in needs:
+            config.check_queue_url(getattr(settings, name.lower()), name)
+
+
+def _conn():
+    """The database connection; a failure to connect names DATABASE_URL."""
+    from sendonce import db
+
+    try:
+        return db.get_conn()
+    except DatabaseError as exc:
+        raise DatabaseError(f"DATABASE_URL: {exc}") from exc
+
+
+def _campaign_id(value: str) -> str:
+    """The canonical form of a campaign id; anything else is an unknown campaign (exit 2), before any setup."""
+    try:
+        return str(uuid.UUID(value.strip()))
+    except ValueError:
+        raise CampaignNotFoundError(f"no campaign {value!r} (not a UUID)") from None
+
 
 def _cmd_migrate(args: argparse.Namespace) -> int:
-    from sendonce import db
     from sendonce.migrate import migrate
 
-    applied = migrate(db.get_conn())
-    print("applied: " + ", ".join(applied) if applied else "database is up to date")
+    applied = migrate(_conn())
+    if args.json:
+        print(json.dumps({"applied": applied}))
+    else:
+        print("applied: " + ", ".join(applied) if applied else "database is up to date")
     return 0
 
 
@@ -41,18 +163,36 @@ def _progress(total: int, label: str, enabled: bool):
     return tqdm(total=total, desc=label, unit="msg", file=sys.stderr, disable=not enabled, leave=False)
 
 
-def _cmd_campaign_create(args: argparse.Namespace) -> int:
-    from sendonce import campaigns, contacts, db
+def _print_invalid(invalid: list) -> None:
+    from sendonce.contacts import LISTED_INVALID_ROWS, invalid_lines
 
+    lines = invalid_lines(invalid)
+    if len(invalid) > LISTED_INVALID_ROWS:
+        lines[-1] += " (--json lists them all)"
+    for line in lines:
+        print(f"  {line}")
+
+
+def _cmd_campaign_create(args: argparse.Namespace) -> int:
+    from sendonce import campaigns, contacts
+
+    # The arguments and the file first: bad input is reported before any setup is needed or anything is written.
     campaign = campaigns.NewCampaign(
         name=args.name, template_name=args.template, language_code=args.language, phone_number_id=args.phone_number_id,
         **({"id": args.id} if args.id else {}),
     )
     campaign.validate()
+    region = contacts.check_region(args.default_country, "--default-country")
+    contact_list = contacts.read_csv(args.contacts, default_region=region)
+    if not contact_list.contacts:
+        raise contacts.no_valid_contacts(contact_list, args.contacts)
+    if args.dry_run:
+        return _dry_run(args, contact_list)
+    check_environment("campaign create")
     queue_url = send_queue_url()
-    contact_list = contacts.read_csv(args.contacts, default_region=args.default_country)
+    conn = _conn()
     with _progress(len(contact_list.contacts), "enqueue", sys.stderr.isatty()) as bar:
-        created = campaigns.create_campaign(db.get_conn(), campaign, contact_list, queue_url, on_progress=bar.update)
+        created = campaigns.create_campaign(conn, campaign, contact_list, queue_url, on_progress=bar.update)
     if args.json:
         print(json.dumps(created.as_json()))
         return 0
@@ -60,18 +200,43 @@ def _cmd_campaign_create(args: argparse.Namespace) -> int:
         f"campaign {created.campaign_id}: {created.recipients} recipients, {len(created.invalid)} invalid, "
         f"{created.duplicates} duplicates, {created.enqueued} enqueued"
     )
-    for row in created.invalid:
-        print(f"  line {row.line}: {row.value!r}: {row.reason}")
+    _print_invalid(created.invalid)
+    return 0
+
+
+def _dry_run(args: argparse.Namespace, contact_list) -> int:
+    """Print what `campaign create` would do with these arguments and this file; nothing is read or written."""
+    from sendonce.campaigns import CreatedCampaign
+
+    campaign_id = _campaign_id(args.id) if args.id else None
+    preview = CreatedCampaign(
+        campaign_id, len(contact_list.contacts), contact_list.invalid, contact_list.duplicates, enqueued=0
+    )
+    if args.json:
+        print(json.dumps({**preview.as_json(), "dry_run": True}))
+        return 0
+    print(
+        f"dry run: campaign {args.name.strip()!r} (template {args.template}, {args.language}) would have "
+        f"{_count(preview.recipients, 'recipient')}; {_count(len(preview.invalid), 'invalid row')}, "
+        f"{_count(preview.duplicates, 'duplicate')} collapsed; nothing was written"
+    )
+    _print_invalid(preview.invalid)
+    needs = [name if name != AWS else "an AWS region and credentials" for name in ENVIRONMENT["campaign create"]]
+    print(f"without --dry-run it needs {_joined(needs)}")
     return 0
 
 
 def _cmd_campaign_enqueue(args: argparse.Namespace) -> int:
-    from sendonce import campaigns, db
+    from sendonce import campaigns
 
     queue_url = send_queue_url()
+    conn = _conn()
     with _progress(0, "enqueue", sys.stderr.isatty()) as bar:
-        sent = campaigns.enqueue_campaign(db.get_conn(), args.campaign_id, queue_url, on_progress=bar.update)
-    print(f"campaign {args.campaign_id}: {sent} ready rows enqueued")
+        sent = campaigns.enqueue_campaign(conn, args.campaign_id, queue_url, on_progress=bar.update)
+    if args.json:
+        print(json.dumps({"campaign_id": args.campaign_id, "enqueued": sent}))
+    else:
+        print(f"campaign {args.campaign_id}: {sent} ready rows enqueued")
     return 0
 
 
@@ -85,9 +250,9 @@ def _print_status(counters: dict) -> None:
 
 
 def _cmd_campaign_status(args: argparse.Namespace) -> int:
-    from sendonce import control, db
+    from sendonce import control
 
-    counters = control.status(db.get_conn(), args.campaign_id)
+    counters = control.status(_conn(), args.campaign_id)
     if args.json:
         print(json.dumps(counters))
     else:
@@ -96,9 +261,9 @@ def _cmd_campaign_status(args: argparse.Namespace) -> int:
 
 
 def _cmd_campaign_list(args: argparse.Namespace) -> int:
-    from sendonce import control, db
+    from sendonce import control
 
-    rows = control.list_campaigns(db.get_conn(), args.limit)
+    rows = control.list_campaigns(_conn(), args.limit)
     if args.json:
         print(json.dumps(rows))
         return 0
@@ -112,9 +277,9 @@ def _cmd_campaign_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_campaign_control(args: argparse.Namespace) -> int:
-    from sendonce import control, db
+    from sendonce import control
 
-    conn = db.get_conn()
+    conn = _conn()
     action = args.action
     if action == "pause":
         result = control.pause(conn, args.campaign_id)
@@ -134,25 +299,49 @@ def _cmd_campaign_control(args: argparse.Namespace) -> int:
 
 
 def _cmd_reset_stuck(args: argparse.Namespace) -> int:
-    from sendonce import db, recovery
+    from sendonce import recovery
+    from sendonce.config import get_settings
 
-    print(json.dumps(recovery.reset_stuck(db.get_conn())))
+    result = recovery.reset_stuck(_conn())
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    if not any(result.values()):
+        print("reset-stuck: no stuck rows")
+        return 0
+    print(
+        f"reset-stuck: {_count(result['reset'], 'stuck row')} back to ready, {result['enqueued']} enqueued; "
+        f"{result['recovered']} written from the batch journal; {result['failed']} failed as unconfirmed; "
+        f"{result['cancelled']} cancelled"
+    )
+    if result["resent_without_evidence"]:
+        print(
+            f"  {result['resent_without_evidence']} of them may have been sent already (no evidence either way; "
+            f"AMBIGUOUS_POLICY={get_settings().ambiguous_policy})"
+        )
     return 0
 
 
 def _cmd_recompute(args: argparse.Namespace) -> int:
-    from sendonce import control, db
+    from sendonce import control
 
-    campaigns = control.recompute(db.get_conn())
-    print(f"recomputed {len(campaigns)} campaigns, {sum(s == 'completed' for _, s in campaigns)} completed")
+    campaigns = control.recompute(_conn())
+    completed = sum(s == "completed" for _, s in campaigns)
+    if args.json:
+        print(json.dumps({
+            "recomputed": len(campaigns),
+            "completed": completed,
+            "campaigns": [{"campaign_id": str(c), "status": s} for c, s in campaigns],
+        }))
+    else:
+        print(f"recomputed {len(campaigns)} campaigns, {completed} completed")
     return 0
 
 
 def _cmd_dlq_list(args: argparse.Namespace) -> int:
-    from sendonce import db
     from sendonce.repository.recovery import dead_letters
 
-    letters = dead_letters(db.get_conn(), args.limit)
+    letters = dead_letters(_conn(), args.limit)
     if args.json:
         print(json.dumps(letters, default=str))
         return 0
@@ -168,7 +357,10 @@ def _cmd_dlq_redrive(args: argparse.Namespace) -> int:
     from sendonce.config import get_settings, require
 
     moved = recovery.redrive(require(get_settings().dlq_url, "DLQ_URL"), send_queue_url())
-    print(f"moved {moved} messages from the DLQ back to the send queue")
+    if args.json:
+        print(json.dumps({"moved": moved}))
+    else:
+        print(f"moved {moved} messages from the DLQ back to the send queue")
     return 0
 
 
@@ -220,18 +412,38 @@ class _Stderr:
         sys.stderr.flush()
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, whose usage errors become the JSON error object when the command line asks for --json."""
+
+    json_errors = False  # set by `main` for the one command line it parses
+
+    def error(self, message: str):
+        if _Parser.json_errors:
+            print(json.dumps({"error": {"code": "bad_request", "message": f"{self.prog}: {message}"}}))
+            raise SystemExit(2)
+        super().error(message)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for every command."""
-    parser = argparse.ArgumentParser(prog="sendonce", description="Exactly-once WhatsApp template campaigns.")
+    parser = _Parser(
+        prog="sendonce",
+        description="Exactly-once WhatsApp template campaigns.",
+        epilog=f"Each command's --help names the environment it needs ({LOCAL_HINT}).",
+    )
     parser.add_argument("--version", action="version", version=f"sendonce {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    commands.add_parser("migrate", help="apply the SQL migrations to DATABASE_URL").set_defaults(func=_cmd_migrate)
+    migrate = commands.add_parser("migrate", **_help("migrate", "apply the SQL migrations to DATABASE_URL"))
+    migrate.add_argument("--json", action="store_true", help="print one JSON object")
+    migrate.set_defaults(func=_cmd_migrate, environment="migrate")
 
     campaign = commands.add_parser("campaign", help="create and control campaigns").add_subparsers(
         dest="action", required=True
     )
-    create = campaign.add_parser("create", help="create a campaign from a contacts CSV and enqueue it")
+    create = campaign.add_parser(
+        "create", **_help("campaign create", "create a campaign from a contacts CSV and enqueue it")
+    )
     create.add_argument("--name", required=True)
     create.add_argument("--template", required=True, help="approved template name")
     create.add_argument("--language", required=True, help="template language code, e.g. en_US")
@@ -239,34 +451,46 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--contacts", required=True, help="CSV with a 'phone' column and optional param1..paramN")
     create.add_argument("--default-country", help="ISO country (IN, US) for numbers without a country code")
     create.add_argument("--id", help="the campaign's UUID (default: a new one); running again with it cannot create twice")
+    create.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="check the file and the arguments and print what would be created; needs no database, queue or AWS, "
+        "writes nothing (exit 0 if there is a valid contact, else 2)",
+    )
     create.add_argument("--json", action="store_true", help="print one JSON object")
-    create.set_defaults(func=_cmd_campaign_create)
+    # The environment is checked after the file is read (see _cmd_campaign_create), and not for --dry-run.
+    create.set_defaults(func=_cmd_campaign_create, environment=None)
 
-    enqueue = campaign.add_parser("enqueue", help="re-enqueue a campaign's ready rows (harmless to repeat)")
+    enqueue = campaign.add_parser(
+        "enqueue", **_help("campaign enqueue", "re-enqueue a campaign's ready rows (harmless to repeat)")
+    )
     enqueue.add_argument("campaign_id")
-    enqueue.set_defaults(func=_cmd_campaign_enqueue)
+    enqueue.add_argument("--json", action="store_true", help="print one JSON object")
+    enqueue.set_defaults(func=_cmd_campaign_enqueue, environment="campaign enqueue")
 
-    status = campaign.add_parser("status", help="a campaign's numbers (one definition for every view)")
+    status = campaign.add_parser(
+        "status", **_help("campaign status", "a campaign's numbers (one definition for every view)")
+    )
     status.add_argument("campaign_id")
     status.add_argument("--json", action="store_true", help="print one JSON object")
-    status.set_defaults(func=_cmd_campaign_status)
+    status.set_defaults(func=_cmd_campaign_status, environment="campaign status")
 
-    listing = campaign.add_parser("list", help="the newest campaigns with their numbers")
-    listing.add_argument("--limit", type=int, default=50)
+    listing = campaign.add_parser("list", **_help("campaign list", "the newest campaigns with their numbers"))
+    listing.add_argument("--limit", type=int, default=50, help="how many (1 to 1000, default 50)")
     listing.add_argument("--json", action="store_true", help="print a JSON array")
-    listing.set_defaults(func=_cmd_campaign_list)
+    listing.set_defaults(func=_cmd_campaign_list, environment="campaign list")
 
     for action, text in (
         ("pause", "stop sending; queued messages are acknowledged unsent and kept for resume"),
         ("resume", "continue a paused campaign: re-enqueue its ready rows"),
         ("cancel", "pending rows become cancelled; sends in flight finish and are counted"),
-        ("retry-failed", "failed rows back to ready and enqueued (not opted out, not 131049 < 24 h, no WAMID, "
-                         "not unconfirmed)"),
+        ("retry-failed", ("failed rows back to ready and enqueued (not opted out, not 131049 < 24 h, no WAMID, "
+                          "not unconfirmed)")),
     ):
-        control = campaign.add_parser(action, help=text)
+        control = campaign.add_parser(action, **_help(f"campaign {action}", text))
         control.add_argument("campaign_id")
         control.add_argument("--json", action="store_true", help="print one JSON object")
-        control.set_defaults(func=_cmd_campaign_control, include_unconfirmed=False)
+        control.set_defaults(func=_cmd_campaign_control, include_unconfirmed=False, environment=f"campaign {action}")
         if action == "retry-failed":
             control.add_argument(
                 "--include-unconfirmed",
@@ -275,18 +499,27 @@ def build_parser() -> argparse.ArgumentParser:
                 "their first send, so those recipients may get the message twice",
             )
 
-    maintenance = commands.add_parser("reset-stuck", help="run reset_stuck once (AMBIGUOUS_POLICY, STUCK_AFTER_SECONDS)")
-    maintenance.set_defaults(func=_cmd_reset_stuck)
-    commands.add_parser("recompute", help="run recompute_counters once").set_defaults(func=_cmd_recompute)
+    maintenance = commands.add_parser(
+        "reset-stuck", **_help("reset-stuck", "run reset_stuck once (AMBIGUOUS_POLICY, STUCK_AFTER_SECONDS)")
+    )
+    maintenance.add_argument("--json", action="store_true", help="print one JSON object")
+    maintenance.set_defaults(func=_cmd_reset_stuck, environment="reset-stuck")
+    recompute = commands.add_parser("recompute", **_help("recompute", "run recompute_counters once"))
+    recompute.add_argument("--json", action="store_true", help="print one JSON object")
+    recompute.set_defaults(func=_cmd_recompute, environment="recompute")
 
     dlq = commands.add_parser("dlq", help="messages whose retries ran out").add_subparsers(dest="action", required=True)
-    dlq_list = dlq.add_parser("list", help="dead letters: DLQ messages that named no row or could not be read")
-    dlq_list.add_argument("--limit", type=int, default=50)
-    dlq_list.add_argument("--json", action="store_true", help="print a JSON array")
-    dlq_list.set_defaults(func=_cmd_dlq_list)
-    dlq.add_parser("redrive", help="move messages waiting on the DLQ back to the send queue").set_defaults(
-        func=_cmd_dlq_redrive
+    dlq_list = dlq.add_parser(
+        "list", **_help("dlq list", "dead letters: DLQ messages that named no row or could not be read")
     )
+    dlq_list.add_argument("--limit", type=int, default=50, help="how many (1 to 1000, default 50)")
+    dlq_list.add_argument("--json", action="store_true", help="print a JSON array")
+    dlq_list.set_defaults(func=_cmd_dlq_list, environment="dlq list")
+    redrive = dlq.add_parser(
+        "redrive", **_help("dlq redrive", "move messages waiting on the DLQ back to the send queue")
+    )
+    redrive.add_argument("--json", action="store_true", help="print one JSON object")
+    redrive.set_defaults(func=_cmd_dlq_redrive, environment="dlq redrive")
 
     bench = commands.add_parser("bench", help="measure the sender against the seed's per-message flow")
     bench.add_argument("--messages", type=int, default=2000, help="messages through the sender (default 2000)")
@@ -310,21 +543,112 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _check_arguments(args: argparse.Namespace) -> None:
+    """The checks every command's arguments get before its environment is looked at (ids, limits)."""
+    from sendonce.control import check_limit
+
+    if getattr(args, "campaign_id", None) is not None:
+        args.campaign_id = _campaign_id(args.campaign_id)
+    if getattr(args, "limit", None) is not None:
+        check_limit(args.limit, "--limit")
+
+
+def _schema_missing(exc: BaseException) -> str | None:
+    """What PostgreSQL said when sendonce's tables are not there (a database never migrated); else None."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if getattr(seen, "sqlstate", None) in _SCHEMA_MISSING:
+            diag = getattr(seen, "diag", None)
+            return (diag.message_primary if diag is not None else None) or str(seen).splitlines()[0]
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def _failure(exc: BaseException) -> tuple[int, str, str] | None:
+    """(exit code, error code, message) of an error the CLI reports in one line; None for a bug (traceback).
+
+    The error codes are the HTTP API's: not_found, conflict, bad_request, unavailable.
+    """
+    for kinds, code in ERROR_CODES:
+        if isinstance(exc, kinds):
+            return 2, code, str(exc)
+    if isinstance(exc, SendonceError):
+        if missing := _schema_missing(exc):
+            return 2, "bad_request", f"DATABASE_URL's database is not migrated ({missing}): run `sendonce migrate`"
+        return 1, "unavailable", str(exc)
+    # Driver and AWS errors that no sendonce function wrapped; only when their package is loaded at all.
+    psycopg = sys.modules.get("psycopg")
+    if psycopg is not None and isinstance(exc, psycopg.Error):
+        return 1, "unavailable", f"PostgreSQL: {exc}"
+    botocore = sys.modules.get("botocore.exceptions")
+    if botocore is not None:
+        setup = (botocore.NoRegionError, botocore.NoCredentialsError, botocore.PartialCredentialsError,
+                 botocore.ProfileNotFound)
+        if isinstance(exc, setup):
+            return 2, "bad_request", f"AWS: {exc}; {LOCAL_HINT}"
+        if isinstance(exc, (botocore.BotoCoreError, botocore.ClientError)):
+            return 1, "unavailable", f"AWS: {exc}"
+    return None
+
+
+def _redact(text: str) -> str:
+    """`text` without passwords: DATABASE_URL's, and any in a URL or a key=value connection string."""
+    from sendonce.config import database_password
+
+    password = database_password()
+    if password and len(password) >= 3:
+        text = text.replace(password, "***")
+    # The placeholder in "expected postgresql://USER:PASSWORD@..." stays readable.
+    text = _URL_PASSWORD.sub(lambda m: m.group(0) if m.group(2) == "PASSWORD" else f"{m.group(1)}***@", text)
+    return _KEYWORD_PASSWORD.sub(r"\1***", text)
+
+
+def _report(exc: BaseException, as_json: bool) -> int | None:
+    """Print `exc` as one line (or one JSON object on stdout with --json); return the exit code, None for a bug."""
+    failure = _failure(exc)
+    if failure is None:
+        return None
+    exit_code, code, message = failure
+    # One line: driver messages come with their own line breaks and hints.
+    message = _redact(" ".join(message.split()))
+    invalid = getattr(exc, "invalid_rows", [])
+    if as_json:
+        error: dict = {"code": code, "message": message}
+        if invalid:
+            error["invalid_rows"] = [{"line": r.line, "value": r.value, "reason": r.reason} for r in invalid]
+        print(json.dumps({"error": error}))
+    else:
+        print(f"sendonce: error: {message}", file=sys.stderr)
+        if invalid:
+            from sendonce.contacts import invalid_lines
+
+            for line in invalid_lines(invalid):
+                print(f"  {line}", file=sys.stderr)
+    return exit_code
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `sendonce` console script."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    _Parser.json_errors = "--json" in argv
     args = build_parser().parse_args(argv)
     # Logs are for operators and go to stderr, so stdout stays clean for --json.
     logger.registered_handler.setStream(_Stderr())
     default_level = "ERROR" if args.command in ("local", "bench") else "WARNING"
     logger.setLevel(os.environ.get("POWERTOOLS_LOG_LEVEL", default_level))
     try:
+        _check_arguments(args)
+        if getattr(args, "environment", None):
+            check_environment(args.environment)
         return args.func(args)
-    except INPUT_ERRORS as exc:
-        print(f"sendonce: error: {exc}", file=sys.stderr)
-        return 2
-    except SendonceError as exc:
-        print(f"sendonce: error: {exc}", file=sys.stderr)
-        return 1
+    except KeyboardInterrupt:
+        print("sendonce: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        exit_code = _report(exc, getattr(args, "json", False))
+        if exit_code is None:
+            raise
+        return exit_code
 
 
 if __name__ == "__main__":

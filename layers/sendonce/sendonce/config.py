@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import os
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -54,6 +56,10 @@ class Settings:
         return self.max_slot_wait_seconds + self.whatsapp_timeout_seconds + FINALIZE_SECONDS + JOURNAL_SECONDS
 
 
+# The values go to PostgreSQL as integer parameters: a larger one would fail there, far from its cause.
+MAX_INT_SETTING = 2**31 - 1
+
+
 def _int(name: str, default: int, minimum: int = 0) -> int:
     raw = os.environ.get(name, "").strip()
     if not raw:
@@ -64,17 +70,22 @@ def _int(name: str, default: int, minimum: int = 0) -> int:
         raise ConfigError(f"{name} must be a whole number, got {raw!r}") from None
     if value < minimum:
         raise ConfigError(f"{name} must be at least {minimum}, got {value}")
+    if value > MAX_INT_SETTING:
+        raise ConfigError(f"{name} must be at most {MAX_INT_SETTING}, got {raw!r}")
     return value
 
 
-def _float(name: str, default: float) -> float:
+def _float(name: str, default: float, what: str = "a number of seconds", maximum: float = math.inf) -> float:
     raw = os.environ.get(name, "").strip()
     try:
         value = float(raw) if raw else default
     except ValueError:
-        raise ConfigError(f"{name} must be a number of seconds, got {raw!r}") from None
-    if value <= 0:
-        raise ConfigError(f"{name} must be positive, got {raw!r}")
+        raise ConfigError(f"{name} must be {what}, got {raw!r}") from None
+    # float() also takes "nan" and "inf", which pass every comparison below the wrong way.
+    if not math.isfinite(value) or value <= 0:
+        raise ConfigError(f"{name} must be {what} above 0, got {raw!r}")
+    if value > maximum:
+        raise ConfigError(f"{name} must be {what} from 0 to {maximum:g}, got {raw!r}")
     return value
 
 
@@ -113,7 +124,8 @@ def get_settings() -> Settings:
         throttle_base_seconds=_int("THROTTLE_BASE_SECONDS", 1),
         max_slot_wait_seconds=_int("MAX_SLOT_WAIT_SECONDS", 10, minimum=1),
         error_rate_window=_int("ERROR_RATE_WINDOW", 200, minimum=1),
-        error_rate_threshold=_float("ERROR_RATE_THRESHOLD", 0.5),
+        # A share of failures: above 1 could never be reached, so the error-rate pause would be silently off.
+        error_rate_threshold=_float("ERROR_RATE_THRESHOLD", 0.5, "a share of failed sends", maximum=1.0),
         pg_prepare_threshold=_prepare_threshold(),
     )
     # reset_stuck treats a row as stuck after STUCK_AFTER_SECONDS: a window shorter than a sender may hold its
@@ -141,8 +153,131 @@ def send_queue_url() -> str:
 
 def resolve_secret(value: str) -> str:
     """Return `value`, or the secret it names when it is a Secrets Manager ARN (cached by Powertools for 5 min)."""
-    if not (value.startswith("arn:") and ":secretsmanager:" in value):
+    if not _is_secret_arn(value):
         return value
     from aws_lambda_powertools.utilities.parameters import get_secret
 
     return get_secret(value, max_age=300)
+
+
+# libpq's sslmode values; any other is refused only when connecting, which would look like an outage.
+_SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+# A quoted piece of the value in libpq's message may hold the password: it is never repeated.
+_QUOTED = re.compile(r'"([^"]*)"')
+
+
+def database_url() -> str:
+    """DATABASE_URL (the secret it names, when an ARN), checked before anything connects.
+
+    Returns
+    -------
+    str
+        The connection string.
+
+    Raises
+    ------
+    ConfigError
+        DATABASE_URL is unset, malformed, or names a secret that cannot be read. No message shows the password.
+    """
+    raw = require(get_settings().database_url, "DATABASE_URL")
+    if not _is_secret_arn(raw):
+        check_database_url(raw)
+        return raw
+    from aws_lambda_powertools.utilities.parameters.exceptions import GetParameterError
+    from botocore.exceptions import BotoCoreError
+
+    try:
+        url = resolve_secret(raw)
+    except (GetParameterError, BotoCoreError) as exc:  # Powertools wraps boto3's errors, but not a missing region
+        raise ConfigError(f"DATABASE_URL names a Secrets Manager secret that cannot be read: {exc}") from None
+    check_database_url(url, "the secret DATABASE_URL names")
+    return url
+
+
+def check_database_url(url: str, name: str = "DATABASE_URL") -> None:
+    """Raise `ConfigError` unless `url` is a libpq connection string (URI or key=value) with usable values.
+
+    Parameters
+    ----------
+    url
+        postgresql://USER:PASSWORD@HOST:PORT/DBNAME, or "host=... dbname=...".
+    name
+        What to call it in the message.
+    """
+    from psycopg import ProgrammingError
+    from psycopg.conninfo import conninfo_to_dict
+
+    expected = "expected postgresql://USER:PASSWORD@HOST:5432/DBNAME"
+    scheme = _SCHEME.match(url)
+    if scheme and scheme.group(1).lower() not in ("postgresql", "postgres"):
+        raise ConfigError(f"{name} must start with postgresql://, not {scheme.group(1)}://: {expected}")
+    try:
+        params = conninfo_to_dict(url)
+    except ProgrammingError as exc:
+        reason = _QUOTED.sub(lambda m: m.group(0) if len(m.group(1)) < 2 else '"..."', " ".join(str(exc).split()))
+        raise ConfigError(f"{name} is not a PostgreSQL connection string ({reason}): {expected}") from None
+    for port in str(params.get("port") or "").split(","):
+        if port and not (port.isdigit() and 0 < int(port) < 65536):
+            raise ConfigError(f"{name}: the port must be a number from 1 to 65535, got {port!r}")
+    sslmode = params.get("sslmode")
+    if sslmode is not None and sslmode not in _SSL_MODES:
+        raise ConfigError(f"{name}: sslmode must be one of {', '.join(_SSL_MODES)}, got {sslmode!r}")
+
+
+def database_password() -> str | None:
+    """The password in DATABASE_URL, if any: what error messages must never show."""
+    # From the environment, not the settings: it must work while the settings themselves are refused.
+    raw = os.environ.get("DATABASE_URL") or ""
+    if not raw or _is_secret_arn(raw):
+        return None
+    from psycopg import ProgrammingError
+    from psycopg.conninfo import conninfo_to_dict
+
+    try:
+        return conninfo_to_dict(raw).get("password") or None
+    except ProgrammingError:  # malformed: check_database_url redacts its own message
+        return None
+
+
+def check_queue_url(url: str, name: str) -> None:
+    """Raise `ConfigError` unless `url` looks like an SQS queue URL (people give the ARN or the name)."""
+    if url.startswith("arn:"):
+        raise ConfigError(f"{name} must be the queue's URL (https://sqs.REGION.amazonaws.com/ACCOUNT/NAME), not its ARN")
+    if not url.startswith(("https://", "http://")):
+        raise ConfigError(
+            f"{name} must be the queue's URL (https://sqs.REGION.amazonaws.com/ACCOUNT/NAME), got {url[:60]!r}"
+        )
+
+
+def missing_aws() -> list[str]:
+    """What boto3 lacks to call AWS (or a local stand-in): a region, credentials. Empty when both are there.
+
+    Checked before a command writes anything: without them every SQS call fails after the rows were written.
+
+    Raises
+    ------
+    ConfigError
+        The AWS configuration itself is broken (AWS_PROFILE names no profile, say).
+    """
+    import boto3
+    from botocore.exceptions import BotoCoreError
+
+    try:
+        session = boto3.session.Session()
+        region = session.region_name
+        credentials = session.get_credentials()
+    except BotoCoreError as exc:
+        raise ConfigError(f"the AWS configuration cannot be used: {exc}") from None
+    missing = []
+    if not region:
+        # boto3 reads AWS_DEFAULT_REGION (Lambda sets both); AWS_REGION alone is a common near miss.
+        alone = "; AWS_REGION is set, but boto3 does not read it" if os.environ.get("AWS_REGION") else ""
+        missing.append(f"an AWS region (AWS_DEFAULT_REGION, or region in the AWS profile{alone})")
+    if credentials is None:
+        missing.append("AWS credentials (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE)")
+    return missing
+
+
+def _is_secret_arn(value: str) -> bool:
+    return value.startswith("arn:") and ":secretsmanager:" in value

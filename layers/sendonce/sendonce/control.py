@@ -7,11 +7,13 @@ import uuid
 import psycopg
 
 from sendonce import campaigns
-from sendonce.errors import CampaignNotFoundError, CampaignStateError
+from sendonce.errors import CampaignInputError, CampaignNotFoundError, CampaignStateError
 from sendonce.observability import logger
 from sendonce.repository import control as repository
 
 COUNTER_KEYS = ("recipients", "pending", "sent", "delivered", "read", "failed", "cancelled")
+# Most rows a listing returns: each campaign is counted on the fly.
+MAX_LIST = 1000
 
 
 def _check_id(campaign_id: str) -> str:
@@ -49,8 +51,22 @@ def as_json(row: dict) -> dict:
 
 
 def list_campaigns(conn: psycopg.Connection, limit: int = 50) -> list[dict]:
-    """The newest campaigns with their numbers."""
+    """The newest campaigns with their numbers.
+
+    Raises
+    ------
+    CampaignInputError
+        `limit` is not from 1 to MAX_LIST (PostgreSQL would refuse a negative one only after connecting).
+    """
+    check_limit(limit)
     return [as_json(row) for row in repository.campaign_list(conn, limit)]
+
+
+def check_limit(limit: int, name: str = "limit") -> int:
+    """Return `limit` if it is from 1 to MAX_LIST, else raise `CampaignInputError` naming it."""
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_LIST:
+        raise CampaignInputError(f"{name} must be from 1 to {MAX_LIST}, got {limit!r}")
+    return limit
 
 
 def _change(conn: psycopg.Connection, statement: str, campaign_id: str, action: str, allowed: str, **params) -> tuple:

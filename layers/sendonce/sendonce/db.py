@@ -16,6 +16,7 @@ from psycopg.rows import dict_row, tuple_row
 from sendonce.config import get_settings, require, resolve_secret
 from sendonce.errors import DatabaseError
 
+CONNECT_TIMEOUT_SECONDS = 10
 _local = threading.local()
 _open: set[psycopg.Connection] = set()  # every thread's connection, so that `close_all` can reach them
 _open_lock = threading.Lock()
@@ -27,7 +28,9 @@ def connect(dsn: str | None = None) -> psycopg.Connection:
     url = resolve_secret(dsn or require(settings.database_url, "DATABASE_URL"))
     try:
         return psycopg.connect(
-            url, autocommit=True, prepare_threshold=settings.pg_prepare_threshold, application_name="sendonce"
+            url, autocommit=True, prepare_threshold=settings.pg_prepare_threshold, application_name="sendonce",
+            # A firewalled host would otherwise hang for the OS's TCP timeout (minutes), past any Lambda's.
+            connect_timeout=CONNECT_TIMEOUT_SECONDS,
         )
     except psycopg.OperationalError as exc:
         raise DatabaseError(f"cannot connect to PostgreSQL: {exc}") from exc

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 
 class SendonceError(Exception):
     """Base class of sendonce's errors."""
@@ -20,7 +23,14 @@ class MigrationError(SendonceError):
 
 
 class ContactsError(SendonceError):
-    """The contacts file cannot be used at all (missing, empty, no `phone` column, no valid row)."""
+    """The contacts file cannot be used at all (missing, empty, no `phone` column, no valid row).
+
+    When no row was valid, `invalid_rows` holds them (`contacts.InvalidRow`), so that the caller can list them.
+    """
+
+    def __init__(self, message: str = "", invalid_rows: Sequence[Any] = ()) -> None:
+        super().__init__(message)
+        self.invalid_rows = list(invalid_rows)
 
 
 class CampaignInputError(SendonceError):
