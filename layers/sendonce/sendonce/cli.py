@@ -6,9 +6,11 @@ import argparse
 import json
 import os
 import re
+import signal
 import sys
 import textwrap
 import uuid
+from contextlib import contextmanager
 
 from sendonce import __version__
 from sendonce.config import send_queue_url
@@ -57,6 +59,7 @@ ENVIRONMENT: dict[str, tuple[str, ...]] = {
 }
 # Settings a command reads when they are set (defaults: the README's configuration table).
 OPTIONAL_ENVIRONMENT = {"reset-stuck": ("STUCK_AFTER_SECONDS", "AMBIGUOUS_POLICY")}
+MAX_LOCAL_CONTACTS = 200_000
 LOCAL_HINT = "for a local stack, `sendonce local up` prints the variables to export"
 # The HTTP API's error codes (api.py), reused by --json errors so that scripts handle both alike.
 ERROR_CODES = ((CampaignNotFoundError, "not_found"), (CampaignStateError, "conflict"), (INPUT_ERRORS, "bad_request"))
@@ -392,14 +395,40 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 def _cmd_local_run(args: argparse.Namespace) -> int:
     from sendonce.local import run
 
-    if args.contacts < 1:
-        raise CampaignInputError("--contacts must be at least 1")
-    report = run.local_run(contact_count=args.contacts, chaos=args.chaos, concurrency=args.concurrency)
+    if not 1 <= args.contacts <= MAX_LOCAL_CONTACTS:
+        raise CampaignInputError(f"--contacts must be between 1 and {MAX_LOCAL_CONTACTS:,}")
+    if not 1 <= args.senders <= 32:
+        raise CampaignInputError("--senders must be between 1 and 32")
+    with _terminate_as_interrupt():
+        report = run.local_run(contact_count=args.contacts, chaos=args.chaos, seed=args.seed, senders=args.senders,
+                               progress=run.print_progress)
     if args.json:
-        print(json.dumps(run.report_json(report)))
+        print(json.dumps(run.report_json(report), default=str))
     else:
         print("\n".join(run.report_lines(report)))
     return 0 if report.ok else 1
+
+
+def _cmd_local_up(args: argparse.Namespace) -> int:
+    from sendonce.local.up import local_up
+
+    with _terminate_as_interrupt():
+        local_up(lambda line: print(line, flush=True), senders=args.senders)
+    return 0
+
+
+@contextmanager
+def _terminate_as_interrupt():
+    """SIGTERM stops a local stack the way Ctrl-C does: everything it started is stopped and deleted."""
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 class _Stderr:
@@ -534,12 +563,30 @@ def build_parser() -> argparse.ArgumentParser:
     local = commands.add_parser("local", help="run sendonce on this machine").add_subparsers(
         dest="action", required=True
     )
-    run = local.add_parser("run", help="send a small campaign end to end on embedded PostgreSQL, moto, fake Graph")
-    run.add_argument("--contacts", type=int, default=200, help="unique contacts to generate (default 200)")
-    run.add_argument("--chaos", action="store_true", help="inject Graph API faults (5xx, 429, dropped answers)")
-    run.add_argument("--concurrency", type=int, default=2, help="concurrent sender invocations (default 2)")
-    run.add_argument("--json", action="store_true", help="print one JSON object")
+    run = local.add_parser(
+        "run",
+        help="send a campaign end to end through every function of the stack, on embedded services",
+        description="Send a generated campaign through every function of template.yaml on this machine (embedded "
+        "PostgreSQL, a local SQS, moto's DynamoDB, the fake Graph API and its status webhooks) and report what "
+        "Meta accepted against what the counters say. Needs no environment; DATABASE_URL is used when set.",
+    )
+    run.add_argument("--contacts", type=int, default=200, help="unique contacts to generate (default 200; the "
+                     "incident's campaign had 20028)")
+    run.add_argument("--chaos", action="store_true", help="inject faults: sender processes killed, PostgreSQL "
+                     "connections cut, Graph errors, throttling, lost answers, webhook retries (see the README)")
+    run.add_argument("--seed", type=int, default=1, help="seed of the contacts and of every chaos decision (default 1)")
+    run.add_argument("--senders", type=int, default=4, help="concurrent sender environments (default 4)")
+    run.add_argument("--json", action="store_true", help="print one JSON object at the end")
     run.set_defaults(func=_cmd_local_run)
+    up = local.add_parser(
+        "up",
+        help="keep the local stack running and print the variables that point a shell at it",
+        description="Start the whole local stack (as `local run` does, without a campaign) and keep it running: "
+        "it prints the export lines (DATABASE_URL, SEND_QUEUE_URL, AWS endpoints and credentials, the campaigns "
+        "API and webhook URLs) for every CLI command and the HTTP API. Ctrl-C stops it and deletes what it made.",
+    )
+    up.add_argument("--senders", type=int, default=2, help="concurrent sender environments (default 2)")
+    up.set_defaults(func=_cmd_local_up)
     return parser
 
 

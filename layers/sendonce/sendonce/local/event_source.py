@@ -51,6 +51,7 @@ class SqsEventSource:
         ]["QueueArn"]
         self.region = region
         self.stats = PollStats()
+        self.before_delete: Callable[[], None] | None = None  # the local run's chaos kills a sender here
         self._lock = threading.Lock()
 
     def to_event(self, messages: list[dict]) -> dict:
@@ -99,6 +100,8 @@ class SqsEventSource:
                 self.stats.errors += 1
             return
         done = [m for m in messages if m["MessageId"] not in failed]
+        if self.before_delete:
+            self.before_delete()
         if done:
             sqs.delete_message_batch(
                 QueueUrl=self.queue_url,

@@ -71,6 +71,8 @@ class FakeGraph:
         """
         with self._lock:
             self.throttled = 0
+            self.storms = self.stormed = 0  # 130429 storms, and the requests they refused
+            self._storm_until = 0.0
             self.accepted_at: list[float] = []
             self._arrivals: list[float] = []
             self.on_crash: Callable[[dict], None] | None = None
@@ -209,8 +211,17 @@ class FakeGraph:
             best = max(best, end - start + 1)
         return best
 
+    def storm(self, seconds: float) -> None:
+        """Refuse every send with 130429 for `seconds`, as Meta does when a number's throughput is exceeded."""
+        with self._lock:
+            self._storm_until = time.monotonic() + seconds
+            self.storms += 1
+
     def _next_fault(self, to: str) -> str:
         with self._lock:
+            if time.monotonic() < self._storm_until:
+                self.stormed += 1
+                return "error:130429"
             if self.throttle_mps:
                 now = time.monotonic()
                 recent = [at for at in self._arrivals if now - at < 1.0]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import socket
 import subprocess
@@ -11,6 +12,7 @@ import uuid
 from contextlib import contextmanager
 import logging
 import os
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,13 +25,21 @@ MAX_RECEIVE_COUNT = 5
 
 
 def start_embedded_postgres(data_dir: Path | None = None):
-    """Start a private PostgreSQL server (the `pgserver` package) and return it; `.get_uri()` gives the DSN."""
-    # platformdirs warns (on importing pgserver, and in its processes) when this is unset, as on CI.
-    os.environ.setdefault("XDG_RUNTIME_DIR", tempfile.mkdtemp(prefix="sendonce-runtime-"))  # mode 0700, as required
+    """Start a private PostgreSQL server (the `pgserver` package) and return it; `.get_uri()` gives the DSN.
+
+    `cleanup()` stops it and deletes its data folder (`data_dir`, which must not exist yet, or a new one).
+    """
+    if "XDG_RUNTIME_DIR" not in os.environ:
+        # platformdirs warns when it is unset (as on CI), and pgserver keeps its lock file there, fixed when it
+        # is imported and used again by its exit handler: so one folder per process, deleted after that handler
+        # (exit handlers run newest first, and pgserver registers its own later than this).
+        runtime = tempfile.mkdtemp(prefix="sendonce-runtime-")  # mode 0700, as required
+        os.environ["XDG_RUNTIME_DIR"] = runtime
+        atexit.register(shutil.rmtree, runtime, ignore_errors=True)
     import pgserver
 
     folder = data_dir or Path(tempfile.mkdtemp(prefix="sendonce-pg-"))
-    return pgserver.get_server(folder, cleanup_mode="delete" if data_dir is None else "stop")
+    return pgserver.get_server(folder, cleanup_mode="delete")
 
 
 def start_moto_server():

@@ -118,6 +118,16 @@ SELECT total_recipients AS recipients, total_sent AS sent, total_delivered AS de
 FROM campaigns WHERE id = %(campaign_id)s
 """
 
+# What a campaign's rows came to, beyond the counters: for the local run's report.
+SELECT_ROW_OUTCOMES = """
+SELECT array_agg(phone_number) AS numbers, coalesce(sum(attempts), 0)::bigint AS attempts,
+       (SELECT coalesce(json_agg(f ORDER BY f.rows DESC), '[]')
+        FROM (SELECT last_error_code AS code, coalesce(last_error, '') AS reason, count(*) AS rows
+              FROM send_queue WHERE campaign_id = %(campaign_id)s AND status = 'failed'
+              GROUP BY 1, 2) f) AS failures
+FROM send_queue WHERE campaign_id = %(campaign_id)s
+"""
+
 
 def counters(conn: psycopg.Connection, campaign_id: str) -> dict | None:
     """The campaign's numbers from the one definition, `campaign_counters`; None when it does not exist."""
@@ -145,3 +155,9 @@ def stored_totals(conn: psycopg.Connection, campaign_id: str) -> dict | None:
     """The campaigns.total_* snapshot as last written by `recompute_counters`."""
     found = rows(conn, SELECT_STORED_TOTALS, {"campaign_id": campaign_id}, "reading the campaign failed", dicts=True)
     return found[0] if found else None
+
+
+def row_outcomes(conn: psycopg.Connection, campaign_id: str) -> dict:
+    """{"numbers": every recipient, "attempts": send attempts in all, "failures": [{code, reason, rows}]}."""
+    found = rows(conn, SELECT_ROW_OUTCOMES, {"campaign_id": campaign_id}, "reading the rows failed", dicts=True)[0]
+    return {**found, "numbers": found["numbers"] or []}
