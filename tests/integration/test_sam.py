@@ -1,4 +1,4 @@
-"""The SAM template lints offline and builds: `sam validate --lint` and `sam build` (ARCHITECTURE section 8)."""
+"""The SAM template lints offline and builds: `sam validate --lint` and `sam build`."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Classifying Graph API answers (ARCHITECTURE section 5) and building the template payload."""
+"""Classifying Graph API answers (docs/graph-errors.md) and building the template payload."""
 
 from __future__ import annotations
 

@@ -22,7 +22,7 @@ WEBHOOK_DISABLED = "none"
 
 @dataclass(frozen=True)
 class Settings:
-    """sendonce's configuration; names follow the environment variables of ARCHITECTURE section 7."""
+    """sendonce's configuration; names follow the environment variables (README, Configuration)."""
 
     database_url: str | None
     send_queue_url: str | None

@@ -1,4 +1,4 @@
-"""Graph API error codes, classified by what the sender must do (ARCHITECTURE section 5).
+"""Graph API error codes, classified by what the sender must do (docs/graph-errors.md).
 
 Matched on `error.code`, not on the HTTP status. Sources: Meta's WhatsApp Cloud API error-code, throughput and
 rate-limit pages; pywa's errors module.

@@ -35,7 +35,7 @@ class CampaignStatus(StrEnum):
 
 
 class Disposition(StrEnum):
-    """What the sender does with a row after one send attempt (ARCHITECTURE section 5)."""
+    """What the sender does with a row after one send attempt (docs/graph-errors.md)."""
 
     SENT = "sent"  # Meta accepted: store the WAMID
     FAILED = "failed"  # permanent for this recipient: never retried

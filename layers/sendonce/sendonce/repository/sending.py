@@ -1,4 +1,4 @@
-"""The sender's two statements: one claim and one finalize per batch (ARCHITECTURE section 3)."""
+"""The sender's two statements: one claim and one finalize per batch (docs/sender-protocol.md)."""
 
 from __future__ import annotations
 
