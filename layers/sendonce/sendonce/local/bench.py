@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import httpx
 
 from sendonce import db
-from sendonce.repository.campaigns import insert_campaign
 from sendonce.idempotency import get_dynamodb_client
 from sendonce.local import services
 from sendonce.local.fake_graph import FakeGraph
@@ -28,6 +27,7 @@ from sendonce.local.lambda_runtime import LocalContext, load_handler
 from sendonce.local.pgtrace import count_round_trips
 from sendonce.migrate import migrate
 from sendonce.models import QueueMessage
+from sendonce.repository.campaigns import insert_campaign
 from sendonce.whatsapp import template_payload
 
 PHONE_NUMBER_ID = "106540352242922"

@@ -38,6 +38,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 
+from sendonce.local.http_server import LoopbackServer
+
 log = logging.getLogger(__name__)
 
 API_VERSION = "v23.0"
@@ -254,9 +256,7 @@ class FakeGraph:
             self.requests.append({"to": to, "fault": fault, "payload": payload, "at": time.time()})
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    request_queue_size = 128  # the default backlog of 5 refuses connections when many senders open at once
+_Server = LoopbackServer
 
 
 def _handler_for(graph: FakeGraph) -> type[BaseHTTPRequestHandler]:

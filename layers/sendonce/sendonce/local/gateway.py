@@ -37,6 +37,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+from sendonce.local.http_server import LoopbackServer
 from sendonce.local.lambda_runtime import PROJECT_ROOT, LocalContext, load_handler
 
 log = logging.getLogger(__name__)
@@ -406,9 +407,7 @@ def _as_text(body: bytes, content_type: str) -> str | None:
         return None
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    request_queue_size = 128  # the default backlog of 5 refuses connections when many clients open at once
+_Server = LoopbackServer
 
 
 def _handler_for(gateway: LocalGateway) -> type[BaseHTTPRequestHandler]:

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import atexit
 import json
-import socket
-import subprocess
-import sys
-import time
-import uuid
-from contextlib import contextmanager
 import logging
 import os
 import shutil
+import socket
+import subprocess
+import sys
 import tempfile
+import time
+import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 

@@ -66,8 +66,10 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any, Self
+
+from sendonce.local.http_server import LoopbackServer, serve_until_stdin_closes
 
 ACCOUNT_ID = "123456789012"
 REGION = "us-east-1"
@@ -1022,11 +1024,7 @@ def _attribute_filter(names: list[str]) -> Callable[[str], bool]:
     return lambda name: name in exact or (bool(prefixes) and name.startswith(prefixes))
 
 
-class _Server(ThreadingHTTPServer):
-    # Many pollers and enqueuers connect at once: the default backlog of 5 would refuse some of them.
-    request_queue_size = 1024
-    daemon_threads = True
-    block_on_close = False  # a long poll in progress must not hold up stop()
+_Server = LoopbackServer
 
 
 def _handler_class(sqs: LocalSqsServer) -> type[BaseHTTPRequestHandler]:
@@ -1097,3 +1095,7 @@ def _handler_class(sqs: LocalSqsServer) -> type[BaseHTTPRequestHandler]:
             self.wfile.write(data)
 
     return Handler
+
+
+if __name__ == "__main__":
+    serve_until_stdin_closes(LocalSqsServer().start())

@@ -2,8 +2,8 @@
 
     template.yaml                          here
     PostgreSQL (DATABASE_URL)              embedded PostgreSQL (pgserver), or DATABASE_URL when set
-    SendQueue, DeadLetterQueue             LocalSqsServer: SQS's JSON protocol on loopback, O(log n) at any depth
-    IdempotencyTable (DynamoDB), S3        moto's server, in a process of its own
+    SendQueue, DeadLetterQueue             LocalSqsServer: SQS's JSON protocol, O(log n) at any depth, in a process
+    IdempotencyTable (DynamoDB)            LocalDynamoDbServer: the operations the stack uses, in a process of its own
     SenderFunction + its SQS event source  sender environments, each a process (sendonce.local.poller)
     DlqHandlerFunction + its event source  a thread polling the DLQ, invoking functions/dlq_handler
     ResetStuck / RecomputeCounters         threads on timers, invoking the handlers with events/*.json
@@ -24,6 +24,8 @@ import os
 import random
 import secrets
 import shutil
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -117,7 +119,6 @@ class LocalStack:
         from sendonce import db
         from sendonce.local import reset_clients
         from sendonce.local.gateway import stack_gateways
-        from sendonce.local.sqs_server import LocalSqsServer
         from sendonce.migrate import migrate
 
         self.workdir = workdir = Path(tempfile.mkdtemp(prefix="sendonce-local-"))
@@ -129,11 +130,12 @@ class LocalStack:
             self.database = "embedded PostgreSQL"
         self.database_url = os.environ["DATABASE_URL"]
 
-        moto = services.MotoProcess()  # DynamoDB and S3
-        self._on_close("moto", moto.stop)
-        self.sqs_server = LocalSqsServer().start()
-        self._on_close("local SQS", self.sqs_server.stop)
-        os.environ["AWS_ENDPOINT_URL_SQS"] = self.sqs_server.url
+        # SQS and DynamoDB, each in a process of its own (they serve every sender at once).
+        os.environ.update({"AWS_ACCESS_KEY_ID": "local", "AWS_SECRET_ACCESS_KEY": "local",
+                           "AWS_DEFAULT_REGION": services.REGION, "AWS_REGION": services.REGION})
+        os.environ.pop("AWS_ENDPOINT_URL", None)
+        os.environ["AWS_ENDPOINT_URL_SQS"] = self._serve("sendonce.local.sqs_server")
+        os.environ["AWS_ENDPOINT_URL_DYNAMODB"] = self._serve("sendonce.local.dynamodb_server")
 
         self.app_secret = secrets.token_hex(16)
         self.verify_token = secrets.token_hex(8)
@@ -178,6 +180,25 @@ class LocalStack:
             self._on_close("PostgreSQL proxy", self.pg_proxy.stop)
             self.pg_proxy.chaos(self.chaos / 5, self.seed)
             self.sender_database_url = self.pg_proxy.dsn
+
+    def _serve(self, module: str) -> str:
+        """Start a stand-in (`python -m module`) in a process of its own; return its URL."""
+        process = subprocess.Popen([sys.executable, "-m", module], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                   text=True)
+
+        def stop() -> None:
+            process.stdin.close()  # it stops when its stdin closes
+            try:
+                process.wait(STOP_SECONDS)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+        self._on_close(module, stop)
+        url = process.stdout.readline().strip()
+        if not url.startswith("http://"):
+            raise RuntimeError(f"{module} did not start")
+        return url
 
     # -- functions --------------------------------------------------------------------------------
 
@@ -282,8 +303,8 @@ class LocalStack:
 
     def environ(self) -> dict[str, str]:
         """What a shell needs to run every CLI command and reach the HTTP API against this stack."""
-        names = ("DATABASE_URL", "SEND_QUEUE_URL", "DLQ_URL", "IDEMPOTENCY_TABLE", "AWS_ENDPOINT_URL",
-                 "AWS_ENDPOINT_URL_SQS", "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_ACCESS_KEY_ID",
+        names = ("DATABASE_URL", "SEND_QUEUE_URL", "DLQ_URL", "IDEMPOTENCY_TABLE", "AWS_ENDPOINT_URL_SQS",
+                 "AWS_ENDPOINT_URL_DYNAMODB", "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_ACCESS_KEY_ID",
                  "AWS_SECRET_ACCESS_KEY", *SCALED)
         return {
             **{name: os.environ[name] for name in names if name in os.environ},
