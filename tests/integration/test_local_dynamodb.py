@@ -44,6 +44,11 @@ POWERTOOLS_NAMES = {
 }
 
 
+
+def _table_names(ddb) -> list[str]:
+    """Every table, page by page (the session's moto server holds the tables of every test: more than a page)."""
+    return [name for page in ddb.get_paginator("list_tables").paginate() for name in page["TableNames"]]
+
 def _client(url: str, pool: int = 10):
     # One attempt: a retried error would hide what the server answered.
     return boto3.client(
@@ -136,7 +141,7 @@ def test_create_table_described_listed_and_ttl_enabled(ddb, table):
     assert description["BillingModeSummary"]["BillingMode"] == "PAY_PER_REQUEST"
     assert description["TableArn"] == f"arn:aws:dynamodb:{REGION}:123456789012:table/{table}"
     assert description["ItemCount"] == 0
-    assert table in ddb.list_tables()["TableNames"]
+    assert table in _table_names(ddb)
     assert ddb.describe_time_to_live(TableName=table)["TimeToLiveDescription"] == {
         "TimeToLiveStatus": "ENABLED",
         "AttributeName": "expiration",
@@ -162,7 +167,7 @@ def test_delete_table_gone_afterwards_resource_not_found(ddb, table):
     ddb.delete_table(TableName=table)
 
     # Then
-    assert table not in ddb.list_tables()["TableNames"]
+    assert table not in _table_names(ddb)
     with pytest.raises(ddb.exceptions.ResourceNotFoundException):
         ddb.describe_table(TableName=table)
 

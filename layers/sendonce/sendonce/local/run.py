@@ -50,6 +50,7 @@ class LocalRunReport:
     faults: dict[str, int]
     kills: dict[str, int]
     sender_invocations: int
+    scheduled_runs: dict[str, int]  # reset_stuck and recompute_counters runs on their timers
     elapsed_s: float
     throughput: float  # accepted sends per second of the run
     database: str
@@ -155,6 +156,7 @@ def local_run(contact_count: int = 200, chaos: bool = False, seed: int = 1, send
             faults=_faults(stack),
             kills=dict(stack.kills),
             sender_invocations=stack.counts[0],
+            scheduled_runs=dict(stack.timer_runs),
             elapsed_s=round(elapsed, 1),
             throughput=round(sum(stack.graph.accepted.values()) / elapsed, 1),
             database=stack.database,
@@ -238,7 +240,8 @@ def report_lines(report: LocalRunReport) -> list[str]:
         f"cancelled {c['cancelled']}, status {c['status']}; stored totals "
         f"{'equal' if report.counters_match else 'DIFFER: ' + str(report.stored_totals)}",
         f"  sender invocations {report.sender_invocations:,}, Graph requests {report.graph_requests:,}, "
-        f"throughput {report.throughput} accepted/s",
+        f"throughput {report.throughput} accepted/s; on timers: "
+        + ", ".join(f"{name} {n}x" for name, n in sorted(report.scheduled_runs.items())),
     ]
     if report.failures:
         lines.append("  failed, by reason:")
