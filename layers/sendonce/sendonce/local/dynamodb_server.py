@@ -59,19 +59,16 @@ from __future__ import annotations
 
 import base64
 import bisect
-import json
 import re
-import socket
 import threading
 import time
 import uuid
 from collections.abc import Callable
 from decimal import Context, Decimal, InvalidOperation
 from functools import lru_cache
-from http.server import BaseHTTPRequestHandler
-from typing import Any, Self
+from typing import Any
 
-from sendonce.local.http_server import LoopbackServer, serve_until_stdin_closes
+from sendonce.local.http_server import AwsJsonServer, serve_until_stdin_closes
 
 ACCOUNT_ID = "123456789012"
 REGION = "us-east-1"
@@ -938,7 +935,7 @@ def _sort_key(key: Any) -> Any:
     return key.encode() if isinstance(key, str) else key
 
 
-class LocalDynamoDbServer:
+class LocalDynamoDbServer(AwsJsonServer):
     """DynamoDB on loopback over its JSON protocol: tables as dicts, O(1) per item operation.
 
     Parameters
@@ -962,10 +959,7 @@ class LocalDynamoDbServer:
         self._clock = clock or time.time
         self._lock = threading.Lock()
         self._tables: dict[str, _Table] = {}
-        self._connections: set[socket.socket] = set()
-        self._connections_lock = threading.Lock()
-        self._thread: threading.Thread | None = None
-        self._server = _Server(("127.0.0.1", 0), _handler_class(self))
+        super().__init__()
         self._operations: dict[str, Callable[[dict], dict]] = {
             "CreateTable": self._create_table,
             "DescribeTable": self._describe_table,
@@ -983,42 +977,25 @@ class LocalDynamoDbServer:
 
     # --- lifecycle -------------------------------------------------------------------------------------
 
-    @property
-    def url(self) -> str:
-        """The endpoint, e.g. http://127.0.0.1:PORT (for AWS_ENDPOINT_URL_DYNAMODB or `endpoint_url`)."""
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+    target_prefix = TARGET_PREFIX
 
-    def start(self) -> LocalDynamoDbServer:
-        """Serve in a daemon thread; return self."""
-        if self._thread is None:
-            self._thread = threading.Thread(
-                target=self._server.serve_forever, name="local-dynamodb", daemon=True
-            )
-            self._thread.start()
-        return self
+    def error_answer(self, exc: Exception) -> tuple[int, dict, dict[str, str]]:
+        """A `DynamoDbError` as DynamoDB answers it (with the old item when asked); anything else a 500."""
+        if isinstance(exc, DynamoDbError):
+            body: dict[str, Any] = {"__type": ERROR_PREFIX + exc.code, "message": exc.message}
+            if exc.item is not None:
+                body["Item"] = exc.item
+            return exc.status, body, {}
+        return 500, {"__type": ERROR_PREFIX + "InternalServerError", "message": f"{type(exc).__name__}: {exc}"}, {}
 
-    def stop(self) -> None:
-        """Stop serving and close open connections (clients keep them alive)."""
-        if self._thread is not None:
-            self._server.shutdown()
-            self._thread.join()
-            self._thread = None
-        self._server.server_close()
-        # Without this, the handler threads of kept-alive connections would wait on them forever.
-        with self._connections_lock:
-            for connection in list(self._connections):
-                try:
-                    connection.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
+    def refused_target(self) -> Exception:
+        return DynamoDbError(
+            "UnknownOperationException",
+            f"LocalDynamoDbServer speaks only the DynamoDB JSON protocol (X-Amz-Target: {TARGET_PREFIX}<Operation>).",
+        )
 
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
+    def refused_json(self) -> Exception:
+        return DynamoDbError("SerializationException", "The request body is not valid JSON.")
 
     # --- dispatch --------------------------------------------------------------------------------------
 
@@ -1430,82 +1407,6 @@ class LocalDynamoDbServer:
             )
             result["LastEvaluatedKey"] = {key_name: {key_type: encoded}}
         return result
-
-
-_Server = LoopbackServer
-
-
-def _handler_class(ddb: LocalDynamoDbServer) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        # boto3 keeps connections alive; HTTP/1.0 would cost a new connection per request.
-        protocol_version = "HTTP/1.1"
-        # Headers and body leave in one segment (flushed after each request), without waiting for the
-        # client's delayed ACK.
-        wbufsize = 1 << 16
-        disable_nagle_algorithm = True
-
-        def setup(self) -> None:
-            super().setup()
-            with ddb._connections_lock:
-                ddb._connections.add(self.connection)
-
-        def finish(self) -> None:
-            with ddb._connections_lock:
-                ddb._connections.discard(self.connection)
-            try:
-                super().finish()
-            except OSError:
-                pass  # the client went away
-
-        def log_message(self, *args: object) -> None:
-            pass  # one line per request otherwise
-
-        def do_POST(self) -> None:
-            length = int(self.headers.get("Content-Length") or 0)
-            raw = self.rfile.read(length) if length else b""
-            target = self.headers.get("X-Amz-Target") or ""
-            try:
-                if not target.startswith(TARGET_PREFIX):
-                    raise DynamoDbError(
-                        "UnknownOperationException",
-                        f"LocalDynamoDbServer speaks only the DynamoDB JSON protocol (X-Amz-Target: "
-                        f"{TARGET_PREFIX}<Operation>).",
-                    )
-                try:
-                    params = json.loads(raw) if raw else {}
-                except ValueError:
-                    raise DynamoDbError(
-                        "SerializationException", "The request body is not valid JSON."
-                    ) from None
-                result = ddb.handle(target[len(TARGET_PREFIX) :], params)
-            except DynamoDbError as error:
-                body: dict[str, Any] = {"__type": ERROR_PREFIX + error.code, "message": error.message}
-                if error.item is not None:
-                    body["Item"] = error.item
-                self._answer(error.status, body)
-                return
-            except Exception as error:  # noqa: BLE001 - a bug here must reach the client as a 500, not a hang
-                body = {
-                    "__type": ERROR_PREFIX + "InternalServerError",
-                    "message": f"{type(error).__name__}: {error}",
-                }
-                self._answer(500, body)
-                return
-            self._answer(200, result)
-
-        def do_GET(self) -> None:
-            self._answer(200, {"service": "LocalDynamoDbServer"})
-
-        def _answer(self, status: int, body: dict) -> None:
-            data = json.dumps(body, separators=(",", ":")).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/x-amz-json-1.0")
-            self.send_header("Content-Length", str(len(data)))
-            self.send_header("x-amzn-RequestId", uuid.uuid4().hex)
-            self.end_headers()
-            self.wfile.write(data)
-
-    return Handler
 
 
 if __name__ == "__main__":

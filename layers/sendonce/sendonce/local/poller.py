@@ -132,10 +132,9 @@ def run(spec: PollerSpec, stop, counts) -> None:
     from sendonce.local.lambda_runtime import load_handler
 
     plan = _KillPlan(spec.kill_rate, spec.seed)
-    if spec.kill_rate:
-        plan.install()
     handler = load_handler("sender")
     if spec.kill_rate:
+        plan.install()
         handler = _at_least_once(handler, spec.kill_rate, spec.seed, counts, spec.queue_url)
     source = SqsEventSource(spec.queue_url, handler, function_timeout=spec.function_timeout)
     source.before_delete = lambda: plan.at("before_delete")

@@ -60,16 +60,14 @@ import itertools
 import json
 import re
 import secrets
-import socket
 import struct
 import threading
 import time
 import uuid
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler
-from typing import Any, Self
+from typing import Any
 
-from sendonce.local.http_server import LoopbackServer, serve_until_stdin_closes
+from sendonce.local.http_server import AwsJsonServer, serve_until_stdin_closes
 
 ACCOUNT_ID = "123456789012"
 REGION = "us-east-1"
@@ -452,7 +450,7 @@ class _Queue:
         return values
 
 
-class LocalSqsServer:
+class LocalSqsServer(AwsJsonServer):
     """SQS on loopback over the JSON protocol, O(log n) per operation in the queue's depth.
 
     Parameters
@@ -479,10 +477,7 @@ class LocalSqsServer:
         self._queues: dict[str, _Queue] = {}
         self._queues_by_arn: dict[str, _Queue] = {}
         self._stopping = False
-        self._connections: set[socket.socket] = set()
-        self._connections_lock = threading.Lock()
-        self._thread: threading.Thread | None = None
-        self._server = _Server(("127.0.0.1", 0), _handler_class(self))
+        super().__init__()
         self._operations: dict[str, Callable[[dict], dict]] = {
             "CreateQueue": self._create_queue,
             "GetQueueUrl": self._get_queue_url,
@@ -502,18 +497,7 @@ class LocalSqsServer:
 
     # --- lifecycle -----------------------------------------------------------------------------------
 
-    @property
-    def url(self) -> str:
-        """The endpoint, e.g. http://127.0.0.1:PORT (for AWS_ENDPOINT_URL_SQS or `endpoint_url`)."""
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
-
-    def start(self) -> LocalSqsServer:
-        """Serve in a daemon thread; return self."""
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._server.serve_forever, name="local-sqs", daemon=True)
-            self._thread.start()
-        return self
+    target_prefix = "AmazonSQS."
 
     def stop(self) -> None:
         """Stop serving: long polls in progress return at once, open connections are closed."""
@@ -521,25 +505,23 @@ class LocalSqsServer:
             self._stopping = True
             for queue in self._queues.values():
                 queue.changed.notify_all()
-        if self._thread is not None:
-            self._server.shutdown()
-            self._thread.join()
-            self._thread = None
-        self._server.server_close()
-        # Clients keep connections alive: without this their handler threads would wait on them forever.
-        with self._connections_lock:
-            for connection in list(self._connections):
-                try:
-                    connection.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
+        super().stop()
 
-    def __enter__(self) -> Self:
-        self.start()
-        return self
+    def error_answer(self, exc: Exception) -> tuple[int, dict, dict[str, str]]:
+        """An `SqsError` as AWS answers it (boto3 reads the query protocol's code from a header); else a 500."""
+        if isinstance(exc, SqsError):
+            body = {"__type": f"com.amazonaws.sqs#{exc.shape}", "message": exc.message}
+            return exc.status, body, {"x-amzn-query-error": f"{exc.query_code};Sender"}
+        return 500, {"__type": "com.amazonaws.sqs#InternalFailure", "message": f"{type(exc).__name__}: {exc}"}, {}
 
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
+    def refused_target(self) -> Exception:
+        return SqsError(
+            "UnsupportedOperation",
+            "LocalSqsServer speaks only the SQS JSON protocol (X-Amz-Target: AmazonSQS.<Operation>).",
+        )
+
+    def refused_json(self) -> Exception:
+        return SqsError("InvalidParameterValue", "The request body is not valid JSON.")
 
     def queue_url(self, name: str) -> str:
         """The URL of queue `name` (whether or not it exists)."""
@@ -1022,79 +1004,6 @@ def _attribute_filter(names: list[str]) -> Callable[[str], bool]:
     exact = {n for n in names if not n.endswith(".*")}
     prefixes = tuple(n[:-2] for n in names if n.endswith(".*"))
     return lambda name: name in exact or (bool(prefixes) and name.startswith(prefixes))
-
-
-_Server = LoopbackServer
-
-
-def _handler_class(sqs: LocalSqsServer) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        # boto3 keeps connections alive; HTTP/1.0 would cost a new connection per request.
-        protocol_version = "HTTP/1.1"
-        # Headers and body leave in one segment (flushed after each request), and without waiting for
-        # the client's delayed ACK.
-        wbufsize = 1 << 16
-        disable_nagle_algorithm = True
-
-        def setup(self) -> None:
-            super().setup()
-            with sqs._connections_lock:
-                sqs._connections.add(self.connection)
-
-        def finish(self) -> None:
-            with sqs._connections_lock:
-                sqs._connections.discard(self.connection)
-            try:
-                super().finish()
-            except OSError:
-                pass  # the client went away
-
-        def log_message(self, *args: object) -> None:
-            pass  # one line per request otherwise
-
-        def do_POST(self) -> None:
-            length = int(self.headers.get("Content-Length") or 0)
-            raw = self.rfile.read(length) if length else b""
-            target = self.headers.get("X-Amz-Target") or ""
-            try:
-                if not target.startswith("AmazonSQS."):
-                    raise SqsError(
-                        "UnsupportedOperation",
-                        "LocalSqsServer speaks only the SQS JSON protocol (X-Amz-Target: AmazonSQS.<Operation>).",
-                    )
-                try:
-                    params = json.loads(raw) if raw else {}
-                except ValueError:
-                    raise SqsError("InvalidParameterValue", "The request body is not valid JSON.") from None
-                result = sqs.handle(target.split(".", 1)[1], params)
-            except SqsError as error:
-                body = {"__type": f"com.amazonaws.sqs#{error.shape}", "message": error.message}
-                self._answer(error.status, body, {"x-amzn-query-error": f"{error.query_code};Sender"})
-                return
-            except Exception as error:  # noqa: BLE001 - a bug here must reach the client as a 500, not a hang
-                body = {
-                    "__type": "com.amazonaws.sqs#InternalFailure",
-                    "message": f"{type(error).__name__}: {error}",
-                }
-                self._answer(500, body, {})
-                return
-            self._answer(200, result, {})
-
-        def do_GET(self) -> None:
-            self._answer(200, {"service": "LocalSqsServer"}, {})
-
-        def _answer(self, status: int, body: dict, headers: dict[str, str]) -> None:
-            data = json.dumps(body, separators=(",", ":")).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/x-amz-json-1.0")
-            self.send_header("Content-Length", str(len(data)))
-            self.send_header("x-amzn-RequestId", str(uuid.uuid4()))
-            for name, value in headers.items():
-                self.send_header(name, value)
-            self.end_headers()
-            self.wfile.write(data)
-
-    return Handler
 
 
 if __name__ == "__main__":
