@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -151,13 +152,16 @@ def send_queue_url() -> str:
     return require(get_settings().send_queue_url, "SEND_QUEUE_URL")
 
 
-def resolve_secret(value: str) -> str:
-    """Return `value`, or the secret it names when it is a Secrets Manager ARN (cached by Powertools for 5 min)."""
-    if not _is_secret_arn(value):
+def resolve_secret(value: str, fresh: bool = False) -> str:
+    """Return `value`, or the secret it names when it is a Secrets Manager ARN.
+
+    Cached by Powertools for 5 minutes; `fresh` reads it again (after a rotation made the cached one fail).
+    """
+    if not is_secret_arn(value):
         return value
     from aws_lambda_powertools.utilities.parameters import get_secret
 
-    return get_secret(value, max_age=300)
+    return get_secret(value, max_age=300, force_fetch=fresh)
 
 
 # libpq's sslmode values; any other is refused only when connecting, which would look like an outage.
@@ -181,18 +185,37 @@ def database_url() -> str:
         DATABASE_URL is unset, malformed, or names a secret that cannot be read. No message shows the password.
     """
     raw = require(get_settings().database_url, "DATABASE_URL")
-    if not _is_secret_arn(raw):
+    if not is_secret_arn(raw):
         check_database_url(raw)
         return raw
     from aws_lambda_powertools.utilities.parameters.exceptions import GetParameterError
     from botocore.exceptions import BotoCoreError
 
     try:
-        url = resolve_secret(raw)
+        url = _from_rds_secret(resolve_secret(raw))
     except (GetParameterError, BotoCoreError) as exc:  # Powertools wraps boto3's errors, but not a missing region
         raise ConfigError(f"DATABASE_URL names a Secrets Manager secret that cannot be read: {exc}") from None
     check_database_url(url, "the secret DATABASE_URL names")
     return url
+
+
+def _from_rds_secret(secret: str) -> str:
+    """A connection string from the JSON secret RDS manages ({"username", "password", "host", "port", "dbname"})."""
+    if not secret.lstrip().startswith("{"):
+        return secret
+    from psycopg.conninfo import make_conninfo
+
+    try:
+        fields = json.loads(secret)
+        return make_conninfo(
+            host=fields["host"], port=str(fields.get("port") or 5432), user=fields["username"],
+            password=fields["password"], dbname=fields.get("dbname") or "postgres",
+        )
+    except (ValueError, TypeError, KeyError) as exc:
+        raise ConfigError(
+            "the secret DATABASE_URL names is JSON but not an RDS database secret (username, password, host, "
+            f"port, dbname): {type(exc).__name__}"
+        ) from None
 
 
 def check_database_url(url: str, name: str = "DATABASE_URL") -> None:
@@ -229,7 +252,7 @@ def database_password() -> str | None:
     """The password in DATABASE_URL, if any: what error messages must never show."""
     # From the environment, not the settings: it must work while the settings themselves are refused.
     raw = os.environ.get("DATABASE_URL") or ""
-    if not raw or _is_secret_arn(raw):
+    if not raw or is_secret_arn(raw):
         return None
     from psycopg import ProgrammingError
     from psycopg.conninfo import conninfo_to_dict
@@ -279,5 +302,6 @@ def missing_aws() -> list[str]:
     return missing
 
 
-def _is_secret_arn(value: str) -> bool:
+def is_secret_arn(value: str) -> bool:
+    """Whether a setting names a Secrets Manager secret instead of holding the value."""
     return value.startswith("arn:") and ":secretsmanager:" in value

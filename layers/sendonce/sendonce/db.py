@@ -13,8 +13,8 @@ from contextlib import contextmanager
 import psycopg
 from psycopg.rows import dict_row, tuple_row
 
-from sendonce.config import get_settings, require, resolve_secret
-from sendonce.errors import DatabaseError
+from sendonce.config import database_url, get_settings
+from sendonce.errors import ConfigError, DatabaseError
 
 CONNECT_TIMEOUT_SECONDS = 10
 _local = threading.local()
@@ -25,7 +25,9 @@ _open_lock = threading.Lock()
 def connect(dsn: str | None = None) -> psycopg.Connection:
     """Open a new autocommit connection (the idiom psycopg recommends; transactions are explicit)."""
     settings = get_settings()
-    url = resolve_secret(dsn or require(settings.database_url, "DATABASE_URL"))
+    # Checked before psycopg sees it: psycopg's parse errors quote the whole string, password included, and
+    # would carry it into every invocation's log.
+    url = database_url() if dsn is None else dsn
     try:
         return psycopg.connect(
             url, autocommit=True, prepare_threshold=settings.pg_prepare_threshold, application_name="sendonce",
@@ -33,7 +35,9 @@ def connect(dsn: str | None = None) -> psycopg.Connection:
             connect_timeout=CONNECT_TIMEOUT_SECONDS,
         )
     except psycopg.OperationalError as exc:
-        raise DatabaseError(f"cannot connect to PostgreSQL: {exc}") from exc
+        raise DatabaseError(f"cannot connect to PostgreSQL: {exc}") from None
+    except psycopg.ProgrammingError:
+        raise ConfigError("the database URL is not a PostgreSQL connection string") from None
 
 
 def get_conn() -> psycopg.Connection:

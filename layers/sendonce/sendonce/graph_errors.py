@@ -14,6 +14,7 @@ PAIR_RATE = frozenset({131056})
 # Per-user marketing limit: a resend within 24 h fails again and counts against the business.
 MARKETING_LIMIT = frozenset({131049})
 OPTED_OUT = 131050
+EXPIRED_TOKEN = 190  # or revoked: re-read once when the token is a secret that may have been rotated
 PERMANENT = frozenset(
     {100, 131008, 131009, 131021, 131026, 131047, OPTED_OUT, 131051, 130472, 132000, 132005, 132007, 132012, 132016}
 )

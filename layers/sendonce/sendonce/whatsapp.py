@@ -7,7 +7,7 @@ import threading
 import httpx
 
 from sendonce import graph_errors
-from sendonce.config import get_settings, require, resolve_secret
+from sendonce.config import get_settings, is_secret_arn, require, resolve_secret
 from sendonce.models import ClaimedRow, Disposition, SendResult
 
 _client: httpx.Client | None = None
@@ -19,16 +19,19 @@ def get_http_client() -> httpx.Client:
     global _client
     with _lock:
         if _client is None or _client.is_closed:
-            settings = get_settings()
-            token = resolve_secret(require(settings.whatsapp_access_token, "WHATSAPP_ACCESS_TOKEN"))
-            _client = httpx.Client(
-                base_url=settings.whatsapp_api_base_url + "/",
-                headers={"Authorization": f"Bearer {token}"},
-                # The connect timeout is short: a connect error is safe to retry, a read timeout is not.
-                timeout=httpx.Timeout(settings.whatsapp_timeout_seconds, connect=min(3.0, settings.whatsapp_timeout_seconds)),
-                limits=httpx.Limits(max_connections=50, max_keepalive_connections=20),
-            )
+            _client = _new_client(resolve_secret(require(get_settings().whatsapp_access_token, "WHATSAPP_ACCESS_TOKEN")))
         return _client
+
+
+def _new_client(token: str) -> httpx.Client:
+    settings = get_settings()
+    return httpx.Client(
+        base_url=settings.whatsapp_api_base_url + "/",
+        headers={"Authorization": f"Bearer {token}"},
+        # The connect timeout is short: a connect error is safe to retry, a read timeout is not.
+        timeout=httpx.Timeout(settings.whatsapp_timeout_seconds, connect=min(3.0, settings.whatsapp_timeout_seconds)),
+        limits=httpx.Limits(max_connections=50, max_keepalive_connections=20),
+    )
 
 
 def close_http_client() -> None:
@@ -65,7 +68,18 @@ def send_template(row: ClaimedRow, client: httpx.Client | None = None) -> SendRe
     request never left (retry); any failure after the request was written is ambiguous, since Meta may have
     accepted it.
     """
-    client = client or get_http_client()
+    if client is not None:
+        return _post(client, row)
+    client = get_http_client()
+    result = _post(client, row)
+    if result.code == graph_errors.EXPIRED_TOKEN and (fresh := _client_after_rotation(client)) is not None:
+        # The token was rotated without a redeploy: Meta refused the request (nothing was sent), so one more
+        # try with the new token is safe. A second 190 halts the campaign as before.
+        result = _post(fresh, row)
+    return result
+
+
+def _post(client: httpx.Client, row: ClaimedRow) -> SendResult:
     try:
         response = client.post(f"{row.phone_number_id}/messages", json=template_payload(row))
     except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
@@ -73,6 +87,26 @@ def send_template(row: ClaimedRow, client: httpx.Client | None = None) -> SendRe
     except httpx.TransportError as exc:
         return SendResult(Disposition.AMBIGUOUS, error=f"no answer after the request was sent: {type(exc).__name__}")
     return read_response(response)
+
+
+def _client_after_rotation(used: httpx.Client) -> httpx.Client | None:
+    """After a 190: a client with a newer token than `used` had, re-reading the secret once; None if none.
+
+    Concurrent sends of a batch all get the 190: the first re-reads the secret and builds the new client, the
+    others find it already there.
+    """
+    global _client
+    settings = get_settings()
+    if not is_secret_arn(settings.whatsapp_access_token or ""):
+        return None  # a plain value cannot have been rotated under us
+    with _lock:
+        if _client is not None and _client is not used and not _client.is_closed:
+            return _client
+        token = resolve_secret(settings.whatsapp_access_token, fresh=True)
+        if used.headers.get("Authorization") == f"Bearer {token}":
+            return None
+        _client = _new_client(token)
+        return _client
 
 
 def read_response(response: httpx.Response) -> SendResult:
