@@ -540,7 +540,7 @@ def template_routes(template: Path = TEMPLATE) -> list[TemplateRoute]:
         return {suffix: loader.construct_mapping(node, deep=True)}
 
     Loader.add_multi_constructor("!", intrinsic)
-    document = yaml.load(template.read_text(), Loader=Loader)  # SafeLoader, plus inert intrinsics
+    document = yaml.load(template.read_text(), Loader=Loader)  # noqa: S506 - SafeLoader, plus inert intrinsics
     resources = document.get("Resources") or {}
     default_timeout = ((document.get("Globals") or {}).get("Function") or {}).get("Timeout", 3)
     found = []

@@ -11,9 +11,10 @@ campaign_id::text, name, status, pause_reason, recipients, pending, sent, delive
 created_at, completed_at
 """
 
-SELECT_COUNTERS = f"SELECT {COUNTER_COLUMNS} FROM campaign_counters WHERE campaign_id = %(campaign_id)s"
+# Built from a constant column list: nothing from outside reaches the text.
+SELECT_COUNTERS = f"SELECT {COUNTER_COLUMNS} FROM campaign_counters WHERE campaign_id = %(campaign_id)s"  # noqa: S608
 
-SELECT_CAMPAIGN_LIST = f"SELECT {COUNTER_COLUMNS} FROM campaign_counters ORDER BY created_at DESC LIMIT %(limit)s"
+SELECT_CAMPAIGN_LIST = f"SELECT {COUNTER_COLUMNS} FROM campaign_counters ORDER BY created_at DESC LIMIT %(limit)s"  # noqa: S608
 
 # Each control statement changes the campaign only from the states it names and returns the state it found,
 # so a caller can tell "not found" from "not allowed now" in the same round trip.
