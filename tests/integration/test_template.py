@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 
 import pytest
-import yaml
+from sendonce.local.gateway import load_template
 
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE = ROOT / "template.yaml"
@@ -58,24 +58,7 @@ TOPIC_ACTIONS = {"If": ["HasAlarmTopic", [{"Ref": "AlarmTopicArn"}], {"Ref": "AW
 SERVICE_DIMENSION = [{"Name": "service", "Value": "sendonce"}]
 
 
-def load_template() -> dict:
-    """template.yaml with CloudFormation's short tags kept as data (`!Ref X` -> {"Ref": "X"}), as gateway does."""
-
-    class Loader(yaml.SafeLoader):
-        pass
-
-    def intrinsic(loader: yaml.SafeLoader, suffix: str, node: yaml.Node) -> dict:
-        if isinstance(node, yaml.ScalarNode):
-            return {suffix: loader.construct_scalar(node)}
-        if isinstance(node, yaml.SequenceNode):
-            return {suffix: loader.construct_sequence(node, deep=True)}
-        return {suffix: loader.construct_mapping(node, deep=True)}
-
-    Loader.add_multi_constructor("!", intrinsic)
-    return yaml.load(TEMPLATE.read_text(), Loader=Loader)
-
-
-TEMPLATE_DATA = load_template()
+TEMPLATE_DATA = load_template(TEMPLATE)
 RESOURCES = TEMPLATE_DATA["Resources"]
 PARAMETERS = TEMPLATE_DATA["Parameters"]
 

@@ -11,7 +11,7 @@ from functools import lru_cache
 
 from sendonce.errors import ConfigError
 
-DEFAULT_API_BASE_URL = "https://graph.facebook.com/v23.0"
+DEFAULT_API_BASE_URL = "https://graph.facebook.com/v26.0"  # the stack sets it from GraphApiVersion
 AMBIGUOUS_POLICIES = ("resend", "fail")
 # What a sender keeps of a claim's window after its last send may have started: time to write the results to
 # PostgreSQL (retried on fresh connections), then to the batch journal when PostgreSQL did not take them.

@@ -42,7 +42,7 @@ from sendonce.local.http_server import LoopbackServer
 
 log = logging.getLogger(__name__)
 
-API_VERSION = "v23.0"
+API_VERSION = "v26.0"
 _PATH = re.compile(r"^/v\d+\.\d+/(\d+)/messages$")
 # HTTP statuses Meta answers with for these codes; anything else is 400.
 _HTTP_STATUS = {0: 401, 190: 401, 10: 403, 4: 429, 80007: 429, 130429: 429, 131056: 429, 1: 500, 2: 503, 131000: 500}

@@ -513,6 +513,24 @@ class TemplateRoute:
     iam: bool  # the route is IAM-authorized
 
 
+def load_template(template: Path = TEMPLATE) -> dict:
+    """A SAM template as data, CloudFormation's short forms kept as they are (`!Ref X` -> {"Ref": "X"})."""
+    import yaml  # only the local tooling and the tests read the template
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    def intrinsic(loader: yaml.SafeLoader, suffix: str, node: yaml.Node) -> dict:
+        if isinstance(node, yaml.ScalarNode):
+            return {suffix: loader.construct_scalar(node)}
+        if isinstance(node, yaml.SequenceNode):
+            return {suffix: loader.construct_sequence(node, deep=True)}
+        return {suffix: loader.construct_mapping(node, deep=True)}
+
+    Loader.add_multi_constructor("!", intrinsic)
+    return yaml.load(template.read_text(), Loader=Loader)  # noqa: S506 - SafeLoader, plus inert intrinsics
+
+
 def template_routes(template: Path = TEMPLATE) -> list[TemplateRoute]:
     """Every HttpApi event of every function of a SAM template, as the deployed stack routes them.
 
@@ -526,21 +544,7 @@ def template_routes(template: Path = TEMPLATE) -> list[TemplateRoute]:
     list[TemplateRoute]
         In template order.
     """
-    import yaml  # only the local tooling reads the template; PyYAML comes with moto's server
-
-    class Loader(yaml.SafeLoader):
-        pass
-
-    def intrinsic(loader: yaml.SafeLoader, suffix: str, node: yaml.Node) -> dict:
-        """`!Ref X` -> {"Ref": "X"}: the short forms of CloudFormation functions, kept as data."""
-        if isinstance(node, yaml.ScalarNode):
-            return {suffix: loader.construct_scalar(node)}
-        if isinstance(node, yaml.SequenceNode):
-            return {suffix: loader.construct_sequence(node, deep=True)}
-        return {suffix: loader.construct_mapping(node, deep=True)}
-
-    Loader.add_multi_constructor("!", intrinsic)
-    document = yaml.load(template.read_text(), Loader=Loader)  # noqa: S506 - SafeLoader, plus inert intrinsics
+    document = load_template(template)
     resources = document.get("Resources") or {}
     default_timeout = ((document.get("Globals") or {}).get("Function") or {}).get("Timeout", 3)
     found = []
