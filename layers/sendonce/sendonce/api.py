@@ -6,10 +6,24 @@ Errors are JSON `{"error": {"code", "message"}}` with the right 4xx; unknown ids
 A contact list inline in the body is created at once (201). A list in S3 (`contacts_s3`) may hold a million
 rows, longer than API Gateway waits (30 s): its header is checked, then the creation runs in an asynchronous
 invocation of this same function, and the answer is 202 with the campaign id to poll.
+
+Creating is idempotent by a client key: the `Idempotency-Key` header (a UUID) or the body's `id` is the
+campaign id. A create repeated with the same key (a retry after a lost answer) creates and enqueues nothing: it
+answers 200 with the existing campaign's numbers (`"replayed": true`, `"enqueued": 0`) when the request is the
+same (same fields and, for an inline list, exactly the same recipients and parameters), and 409 when the key is
+reused for a different campaign. Without a key every create is a new campaign.
+
+Every answer is bounded: invalid rows are a count plus the first `contacts.LISTED_INVALID_ROWS`, and one place
+(`BoundedResolver.resolve`) caps the serialized body at `MAX_RESPONSE_BYTES`, far below Lambda's 6 MB (over it,
+API Gateway answers 500 after the work was done). Inputs are checked at this boundary: ids are canonical UUIDs
+before anything reaches PostgreSQL; bodies that are not UTF-8 JSON, nest deeper than `MAX_JSON_DEPTH`, or hold a
+NUL character or an unpaired surrogate anywhere are 400.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import os
 import uuid
@@ -21,7 +35,6 @@ from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
 from aws_lambda_powertools.event_handler.exceptions import NotFoundError
 
 from sendonce import campaigns, contacts, control, s3
-from sendonce.repository.campaigns import campaign_status as stored_status
 from sendonce.config import require, send_queue_url
 from sendonce.db import get_conn
 from sendonce.errors import (
@@ -33,12 +46,53 @@ from sendonce.errors import (
     EnqueueError,
 )
 from sendonce.observability import logger
+from sendonce.repository.campaigns import campaign_status as stored_status
 
 # Inline lists beyond this belong in S3 (API Gateway itself stops at 10 MB, a synchronous Lambda at 6 MB).
 MAX_BODY_BYTES = 5 * 1024 * 1024
+# A synchronous Lambda's answer is at most 6 MB; every answer here is far smaller by design, this is the backstop.
+MAX_RESPONSE_BYTES = 1024 * 1024
+# No route takes deeper JSON (components are a few levels); deeper input is refused before it is walked.
+MAX_JSON_DEPTH = 20
+# An error message quotes at most this much (a message may quote a field the caller sent).
+MAX_MESSAGE_CHARS = 1000
+IDEMPOTENCY_HEADER = "idempotency-key"
 JOB_KEY = "sendonce_job"
 
-app = APIGatewayHttpResolver()
+
+class BoundedResolver(APIGatewayHttpResolver):
+    """The HTTP API resolver whose every answer, errors and 404s included, fits `MAX_RESPONSE_BYTES`."""
+
+    def resolve(self, event: dict, context) -> dict:
+        """Route the event, then bound the answer (see `bounded_response`)."""
+        return bounded_response(super().resolve(event, context))
+
+
+def bounded_response(response: dict) -> dict:
+    """`response` if its body is at most `MAX_RESPONSE_BYTES`, else an answer that is.
+
+    An oversized JSON object keeps its status and its scalar fields (the campaign id, the counts), drops its
+    lists and objects and says `"truncated": true`: the work behind it is done, and the client must still learn
+    the campaign id. Anything else becomes a 500 error.
+    """
+    body = response.get("body")
+    if not isinstance(body, str) or len(body) <= MAX_RESPONSE_BYTES // 4 or len(body.encode()) <= MAX_RESPONSE_BYTES:
+        return response
+    logger.error("response over the size cap", bytes=len(body.encode()), status=response.get("statusCode"))
+    try:
+        data = json.loads(body)
+    except ValueError:
+        data = None
+    if isinstance(data, dict):
+        kept = {k: v for k, v in data.items() if isinstance(v, (str, int, float, bool)) or v is None}
+        small = json.dumps({**kept, "truncated": True})
+        if len(small.encode()) <= MAX_RESPONSE_BYTES:
+            return {**response, "body": small, "isBase64Encoded": False}
+    error = {"error": {"code": "response_too_large", "message": "the answer was over the response size cap"}}
+    return {**response, "statusCode": HTTPStatus.INTERNAL_SERVER_ERROR, "body": json.dumps(error), "isBase64Encoded": False}
+
+
+app = BoundedResolver()
 
 
 class RequestError(CampaignInputError):
@@ -50,6 +104,8 @@ class PayloadTooLargeError(CampaignInputError):
 
 
 def _error(status: HTTPStatus, code: str, message: str) -> Response:
+    if len(message) > MAX_MESSAGE_CHARS:
+        message = message[:MAX_MESSAGE_CHARS] + "..."
     return Response(
         status_code=status,
         content_type=content_types.APPLICATION_JSON,
@@ -92,42 +148,138 @@ def _unavailable(exc: Exception) -> Response:
     return _error(HTTPStatus.SERVICE_UNAVAILABLE, "unavailable", str(exc))
 
 
+def _raw_body() -> bytes:
+    """The body's bytes (base64 decoded when API Gateway encoded it), at most MAX_BODY_BYTES."""
+    event = app.current_event
+    body = event.body or ""
+    # base64 is 4/3 of the bytes: refuse an oversized body before decoding it.
+    if len(body) > MAX_BODY_BYTES * (4 / 3 if event.is_base64_encoded else 4) + 4:
+        raise _too_large()
+    if event.is_base64_encoded:
+        try:
+            raw = base64.b64decode(body, validate=True)
+        except (binascii.Error, ValueError):
+            raise RequestError("body is not valid base64") from None
+    else:
+        try:
+            raw = body.encode("utf-8")
+        except UnicodeEncodeError:
+            raise RequestError("body is not valid UTF-8 text") from None
+    if len(raw) > MAX_BODY_BYTES:
+        raise _too_large()
+    return raw
+
+
+def _too_large() -> PayloadTooLargeError:
+    return PayloadTooLargeError(
+        f"body is over {MAX_BODY_BYTES // (1024 * 1024)} MB: upload the contacts CSV to S3 and pass contacts_s3"
+    )
+
+
 def _body() -> dict:
-    raw = app.current_event.decoded_body or ""
-    if len(raw.encode()) > MAX_BODY_BYTES:
-        raise PayloadTooLargeError(
-            f"body is over {MAX_BODY_BYTES // (1024 * 1024)} MB: upload the contacts CSV to S3 and pass contacts_s3"
-        )
+    """The request body as a JSON object whose every string PostgreSQL can store; else `RequestError` (400)."""
+    raw = _raw_body()
     try:
-        body = json.loads(raw)
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise RequestError(f"body is not valid UTF-8 text (byte {exc.start})") from None
+    try:
+        body = json.loads(text)
+    except RecursionError:
+        raise RequestError(f"body nests deeper than {MAX_JSON_DEPTH} levels") from None
     except ValueError as exc:
-        raise RequestError(f"body is not valid JSON: {exc}") from None
+        raise RequestError(f"body is not valid JSON: {str(exc)[:200]}") from None
     if not isinstance(body, dict):
         raise RequestError("body must be a JSON object")
+    _check_json(body)
     return body
 
 
-def _new_campaign(body: dict) -> campaigns.NewCampaign:
+def _check_json(value: object) -> None:
+    """Refuse nesting deeper than MAX_JSON_DEPTH, and NUL characters or unpaired surrogates in any string.
+
+    json.loads accepts "\\u0000" and "\\ud800"; PostgreSQL refuses both (text and jsonb), after the request
+    may already have changed state, with its own words and a 503. Walked without recursion.
+    """
+    stack: list[tuple[object, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (dict, list)):
+            if depth > MAX_JSON_DEPTH:
+                raise RequestError(f"body nests deeper than {MAX_JSON_DEPTH} levels")
+            if isinstance(item, dict):
+                stack.extend((key, depth) for key in item)
+                stack.extend((child, depth + 1) for child in item.values())
+            else:
+                stack.extend((child, depth + 1) for child in item)
+        elif isinstance(item, str) and not campaigns.is_storable_text(item):
+            raise RequestError("body has a string with a NUL character or an unpaired surrogate")
+
+
+def canonical_id(value: object, what: str = "campaign id") -> str:
+    """The canonical spelling of a campaign id (braces, "urn:uuid:" and hex without hyphens are accepted).
+
+    Raises
+    ------
+    CampaignNotFoundError
+        For a path id: no campaign can have it (404).
+    RequestError
+        For an id given in a body or header (400).
+    """
+    try:
+        if not isinstance(value, str) or len(value) > 64:
+            raise ValueError
+        return str(uuid.UUID(value.strip()))
+    except ValueError:
+        shown = repr(value[:64]) if isinstance(value, str) else type(value).__name__
+        if what == "campaign id":
+            raise CampaignNotFoundError(f"no campaign {shown} (not a UUID)") from None
+        raise RequestError(f"{what} must be a UUID, got {shown}") from None
+
+
+def _client_key(body: dict) -> str | None:
+    """The canonical campaign id the client chose (Idempotency-Key header or body id), or None."""
+    headers = {k.lower(): v for k, v in (app.current_event.headers or {}).items()}
+    header = headers.get(IDEMPOTENCY_HEADER)
+    key = canonical_id(header, "Idempotency-Key") if header is not None else None
+    if body.get("id") is not None:
+        given = canonical_id(body["id"], "id")
+        if key is not None and given != key:
+            raise RequestError("id and the Idempotency-Key header differ: give one, or the same UUID in both")
+        key = given
+    return key
+
+
+def _check_components(components: object) -> tuple[dict, ...]:
+    if not isinstance(components, list) or not all(isinstance(c, dict) for c in components):
+        raise RequestError("components must be a list of objects")
+    return tuple(components)
+
+
+def _new_campaign(body: dict, campaign_id: str | None) -> campaigns.NewCampaign:
     fields = {"name": "name", "template": "template_name", "language": "language_code", "phone_number_id": "phone_number_id"}
     missing = [key for key in fields if not isinstance(body.get(key), str)]
     if missing:
         raise RequestError(f"missing or not a string: {', '.join(missing)}")
-    components = body.get("components", [])
-    if not isinstance(components, list) or not all(isinstance(c, dict) for c in components):
-        raise RequestError("components must be a list of objects")
     new = campaigns.NewCampaign(
         **{field: body[key] for key, field in fields.items()},
-        components=tuple(components),
-        id=str(body.get("id") or uuid.uuid4()),
+        components=_check_components(body.get("components", [])),
+        id=campaign_id or str(uuid.uuid4()),
     )
     new.validate()
     return new
 
 
+def _replayed(created: campaigns.CreatedCampaign) -> Response:
+    return _json(HTTPStatus.OK, {**created.as_json(max_rows=contacts.LISTED_INVALID_ROWS), "replayed": True})
+
+
 @app.post("/campaigns")
 def create_campaign() -> Response:
+    """Create a campaign; idempotent by its client key (see the module docstring)."""
     body = _body()
-    new = _new_campaign(body)
+    key = _client_key(body)
+    new = _new_campaign(body, key)
     region = body.get("default_country")
     if region is not None and not isinstance(region, str):
         raise RequestError("default_country must be a two-letter ISO country code")
@@ -137,24 +289,42 @@ def create_campaign() -> Response:
         raise RequestError("give exactly one of contacts (inline list) or contacts_s3 ({bucket, key})")
     if "contacts_s3" in body:
         location = _s3_location(body["contacts_s3"])
-        if stored_status(get_conn(), new.id) is not None:
+        if key is not None and (replayed := campaigns.replay_create(get_conn(), new, None)) is not None:
+            return _replayed(replayed)
+        if key is None and stored_status(get_conn(), new.id) is not None:
             raise CampaignStateError(f"campaign {new.id} already exists")
-        # Fail fast on a file that cannot be a contact list; the rows are read by the asynchronous job.
-        contacts.check_header(s3.csv_lines(**location), source=f"s3://{location['bucket']}/{location['key']}")
+        # Fail fast on a file that cannot be a contact list; the rows are read by the asynchronous job. The
+        # error never quotes the header: the caller may not be allowed to read the object.
+        contacts.check_header(s3.csv_lines(**location), source=_source(location), echo_header=False)
         _start_job({"campaign": _job_campaign(new), "contacts_s3": location, "default_country": region})
         return _json(HTTPStatus.ACCEPTED, {"campaign_id": new.id, "status": "creating", "location": f"/campaigns/{new.id}"})
-    contact_list = contacts.from_records(body["contacts"], default_region=region)
-    created = campaigns.create_campaign(get_conn(), new, contact_list, send_queue_url())
-    return _json(HTTPStatus.CREATED, created.as_json())
+    contact_list = contacts.from_records(
+        body["contacts"], default_region=region, max_invalid=contacts.LISTED_INVALID_ROWS
+    )
+    if key is not None and (replayed := campaigns.replay_create(get_conn(), new, contact_list)) is not None:
+        return _replayed(replayed)
+    try:
+        created = campaigns.create_campaign(get_conn(), new, contact_list, send_queue_url())
+    except CampaignStateError:
+        # The same key created concurrently (a retry racing the first request): answer as for a retry.
+        if key is None or (replayed := campaigns.replay_create(get_conn(), new, contact_list)) is None:
+            raise
+        return _replayed(replayed)
+    return _json(HTTPStatus.CREATED, created.as_json(max_rows=contacts.LISTED_INVALID_ROWS))
+
+
+def _source(location: dict) -> str:
+    return f"s3://{location['bucket']}/{location['key']}"
 
 
 def _s3_location(value: object) -> dict:
+    """{"bucket", "key"} if the bucket is the stack's CONTACTS_BUCKET and the key can name an object."""
     if not isinstance(value, dict) or not isinstance(value.get("bucket"), str) or not isinstance(value.get("key"), str):
         raise RequestError("contacts_s3 must be {\"bucket\": ..., \"key\": ...}")
     allowed = os.environ.get("CONTACTS_BUCKET")
-    if value["bucket"] != allowed:
+    if not allowed or value["bucket"] != allowed:
         raise RequestError(f"contacts_s3.bucket must be the stack's contacts bucket ({allowed or 'not configured'})")
-    return {"bucket": value["bucket"], "key": value["key"]}
+    return {"bucket": value["bucket"], "key": s3.check_key(value["key"])}
 
 
 def _job_campaign(new: campaigns.NewCampaign) -> dict:
@@ -185,19 +355,62 @@ def _start_job(job: dict) -> None:
 
 
 def run_job(event: dict) -> dict:
-    """Run an asynchronous creation started by POST /campaigns with contacts_s3."""
-    job_campaign = event["campaign"]
-    new = campaigns.NewCampaign(**{**job_campaign, "components": tuple(job_campaign["components"])})
-    location = event["contacts_s3"]
-    contact_list = contacts.parse_csv(
-        s3.csv_lines(**location), source=f"s3://{location['bucket']}/{location['key']}", default_region=event.get("default_country")
-    )
+    """Run an asynchronous creation started by POST /campaigns with contacts_s3.
+
+    The payload is checked again as the API checks a request (anyone allowed to invoke the function can send
+    one): the bucket must be CONTACTS_BUCKET, the key an S3 key, the campaign's fields valid. Any failure is
+    logged as an error with the campaign id and raised, so that Lambda retries the job and then hands it to the
+    function's asynchronous on-failure destination. A failure after the campaign was written (an enqueue error)
+    leaves its rows `ready`: the retry enqueues them.
+
+    Returns
+    -------
+    dict
+        The `campaign create --json` object, with a sample of the invalid rows.
+    """
+    campaign_id = None
     try:
-        created = campaigns.create_campaign(get_conn(), new, contact_list, send_queue_url())
-    except CampaignStateError:
-        # A retried job after the campaign was written: finish the enqueue, which is harmless to repeat.
-        return {"campaign_id": new.id, "enqueued": campaigns.enqueue_campaign(get_conn(), new.id, send_queue_url())}
-    return created.as_json()
+        new, location, region = _job_input(event)
+        campaign_id = new.id
+        contact_list = contacts.parse_csv(
+            s3.csv_lines(**location), source=_source(location), default_region=region,
+            max_invalid=contacts.LISTED_INVALID_ROWS, echo_header=False,
+        )
+        try:
+            created = campaigns.create_campaign(get_conn(), new, contact_list, send_queue_url())
+        except CampaignStateError:
+            # A retried job after the campaign was written, if it is the same campaign (else this raises):
+            # finish the enqueue, which is harmless to repeat (the sender's claim sends each row once).
+            campaigns.replay_create(get_conn(), new, contact_list)
+            return {"campaign_id": new.id, "enqueued": campaigns.enqueue_campaign(get_conn(), new.id, send_queue_url())}
+        return created.as_json(max_rows=contacts.LISTED_INVALID_ROWS)
+    except Exception as exc:
+        logger.error(
+            "campaign creation job failed", campaign_id=campaign_id, error_type=type(exc).__name__,
+            error=str(exc)[:MAX_MESSAGE_CHARS],
+        )
+        raise
+
+
+def _job_input(event: dict) -> tuple[campaigns.NewCampaign, dict, str | None]:
+    """The job's campaign, S3 location and default country, validated; `RequestError` names what is wrong."""
+    job_campaign = event.get("campaign")
+    if not isinstance(job_campaign, dict):
+        raise RequestError("job: campaign must be an object")
+    _check_json(job_campaign)
+    fields = ("name", "template_name", "language_code", "phone_number_id")
+    if not all(isinstance(job_campaign.get(name), str) for name in fields):
+        raise RequestError(f"job: campaign needs the strings {', '.join(fields)}")
+    new = campaigns.NewCampaign(
+        **{name: job_campaign[name] for name in fields},
+        components=_check_components(job_campaign.get("components", [])),
+        id=canonical_id(job_campaign.get("id"), "job campaign id"),
+    )
+    new.validate()
+    region = event.get("default_country")
+    if region is not None and not isinstance(region, str):
+        raise RequestError("job: default_country must be a string")
+    return new, _s3_location(event.get("contacts_s3")), contacts.check_region(region, "default_country")
 
 
 @app.get("/campaigns")
@@ -207,27 +420,28 @@ def list_campaigns() -> Response:
 
 @app.get("/campaigns/<campaign_id>")
 def campaign_status(campaign_id: str) -> Response:
-    return _json(HTTPStatus.OK, control.status(get_conn(), campaign_id))
+    return _json(HTTPStatus.OK, control.status(get_conn(), canonical_id(campaign_id)))
 
 
 @app.post("/campaigns/<campaign_id>/pause")
 def pause(campaign_id: str) -> Response:
-    return _json(HTTPStatus.OK, control.pause(get_conn(), campaign_id))
+    return _json(HTTPStatus.OK, control.pause(get_conn(), canonical_id(campaign_id)))
 
 
 @app.post("/campaigns/<campaign_id>/resume")
 def resume(campaign_id: str) -> Response:
-    return _json(HTTPStatus.OK, control.resume(get_conn(), campaign_id, send_queue_url()))
+    return _json(HTTPStatus.OK, control.resume(get_conn(), canonical_id(campaign_id), send_queue_url()))
 
 
 @app.post("/campaigns/<campaign_id>/cancel")
 def cancel(campaign_id: str) -> Response:
-    return _json(HTTPStatus.OK, control.cancel(get_conn(), campaign_id))
+    return _json(HTTPStatus.OK, control.cancel(get_conn(), canonical_id(campaign_id)))
 
 
 @app.post("/campaigns/<campaign_id>/retry-failed")
 def retry_failed(campaign_id: str) -> Response:
     # {"include_unconfirmed": true} also resends rows Meta may have accepted (a recipient may get it twice).
+    campaign_id = canonical_id(campaign_id)
     include = (_body() if app.current_event.body else {}).get("include_unconfirmed", False)
     if not isinstance(include, bool):
         raise RequestError("include_unconfirmed must be true or false")

@@ -11,13 +11,23 @@ import psycopg
 
 from sendonce import db, sqs
 from sendonce.contacts import ContactList, InvalidRow, no_valid_contacts
-from sendonce.errors import CampaignInputError, CampaignNotFoundError, DatabaseError, EnqueueError
+from sendonce.errors import (
+    CampaignInputError,
+    CampaignNotFoundError,
+    CampaignStateError,
+    DatabaseError,
+    EnqueueError,
+)
 from sendonce.models import QueueMessage
 from sendonce.observability import logger
 from sendonce.repository import campaigns as repository
 
-_LANGUAGE = re.compile(r"^[a-z]{2,3}(_[A-Z]{2})?$")
-_TEMPLATE = re.compile(r"^[a-z0-9_]{1,512}$")
+# Matched whole (fullmatch): "$" alone also matches before a final newline. ASCII only: str.isdigit and \d also
+# take other scripts' digits, which Meta would refuse (or PostgreSQL would store as some other id).
+_LANGUAGE = re.compile(r"[a-z]{2,3}(_[A-Z]{2})?")
+_TEMPLATE = re.compile(r"[a-z0-9_]{1,512}")
+_PHONE_NUMBER_ID = re.compile(r"[0-9]{1,32}")
+MAX_NAME_LENGTH = 200
 
 
 @dataclass(frozen=True)
@@ -35,39 +45,70 @@ class NewCampaign:
         """Raise `CampaignInputError` naming the first bad field."""
         if not self.name.strip():
             raise CampaignInputError("--name must not be empty")
-        if not _TEMPLATE.match(self.template_name):
+        if len(self.name) > MAX_NAME_LENGTH:
+            raise CampaignInputError(f"--name must be at most {MAX_NAME_LENGTH} characters")
+        if not is_storable_text(self.name):
+            # PostgreSQL text holds neither NUL nor an unpaired surrogate: refused here, not by the INSERT.
+            raise CampaignInputError("--name must be text without NUL characters or unpaired surrogates")
+        if not _TEMPLATE.fullmatch(self.template_name):
             raise CampaignInputError(
                 f"--template must be a template name (lowercase letters, digits, _), got {self.template_name!r}"
             )
-        if not _LANGUAGE.match(self.language_code):
+        if not _LANGUAGE.fullmatch(self.language_code):
             raise CampaignInputError(f"--language must look like en or en_US, got {self.language_code!r}")
-        if not self.phone_number_id.isdigit():
+        if not _PHONE_NUMBER_ID.fullmatch(self.phone_number_id):
             raise CampaignInputError(f"--phone-number-id must be digits, got {self.phone_number_id!r}")
         try:
             uuid.UUID(self.id)
-        except ValueError:
+        except (ValueError, TypeError, AttributeError):
             raise CampaignInputError(f"campaign id must be a UUID, got {self.id!r}") from None
+
+
+def is_storable_text(text: str) -> bool:
+    """Whether PostgreSQL can store `text`: no NUL character, and encodable as UTF-8 (no unpaired surrogate)."""
+    if "\x00" in text:
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 @dataclass(frozen=True)
 class CreatedCampaign:
-    """The outcome of `create_campaign`, as `campaign create --json` prints it."""
+    """The outcome of `create_campaign`, as `campaign create --json` prints it.
+
+    `invalid` may be a sample of the rejected rows (`ContactList.max_invalid`); `invalid_count` then counts them
+    all (None: `invalid` is all of them).
+    """
 
     campaign_id: str
     recipients: int
     invalid: list[InvalidRow]
     duplicates: int
     enqueued: int
+    invalid_count: int | None = None
 
-    def as_json(self) -> dict:
-        """The contract's `campaign create --json` object."""
+    def as_json(self, max_rows: int | None = None) -> dict:
+        """The contract's `campaign create --json` object.
+
+        Parameters
+        ----------
+        max_rows
+            List at most this many invalid rows (the API: an answer must stay far below Lambda's 6 MB);
+            `invalid_rows_truncated` says whether some were left out. None lists every row kept.
+        """
+        total = len(self.invalid) if self.invalid_count is None else self.invalid_count
+        listed = self.invalid if max_rows is None else self.invalid[:max_rows]
         return {
             "campaign_id": self.campaign_id,
             "recipients": self.recipients,
-            "invalid": len(self.invalid),
+            "invalid": total,
             "duplicates": self.duplicates,
             "enqueued": self.enqueued,
-            "invalid_rows": [{"line": r.line, "value": r.value, "reason": r.reason} for r in self.invalid],
+            "invalid_rows": [{"line": r.line, "value": r.value, "reason": r.reason} for r in listed],
+            **({"invalid_rows_truncated": len(listed) < total} if max_rows is not None else {}),
         }
 
 
@@ -125,14 +166,85 @@ def create_campaign(
         "campaign created",
         campaign_id=campaign_id,
         recipients=len(contacts.contacts),
-        invalid=len(contacts.invalid),
+        invalid=contacts.invalid_count,
         duplicates=contacts.duplicates,
     )
     # A new campaign's rows have no other message: their enqueue_id stays NULL (any of theirs is current).
     enqueue_id = uuid.uuid4().hex
     messages = (QueueMessage(i, campaign_id, enqueue_id) for i in repository.ready_row_ids(conn, campaign_id))
     enqueued = _enqueue(campaign_id, queue_url, messages, on_progress)
-    return CreatedCampaign(campaign_id, len(contacts.contacts), contacts.invalid, contacts.duplicates, enqueued)
+    return CreatedCampaign(
+        campaign_id, len(contacts.contacts), contacts.invalid, contacts.duplicates, enqueued, contacts.invalid_count
+    )
+
+
+SELECT_CAMPAIGN_FIELDS = """
+SELECT name, template_name, language_code, phone_number_id, components, status
+FROM campaigns WHERE id = %(campaign_id)s
+"""
+SELECT_CAMPAIGN_ROWS = "SELECT phone_number, params FROM send_queue WHERE campaign_id = %(campaign_id)s"
+
+
+def replay_create(
+    conn: psycopg.Connection, campaign: NewCampaign, contacts: ContactList | None = None
+) -> CreatedCampaign | None:
+    """What a create that already happened came to: the answer for a retried create with the same id.
+
+    A client retries a create whose answer it lost (a timeout, a dropped connection) with the same id; the
+    campaign must then be neither created nor enqueued again. The retry is the same request when the
+    campaign's fields are the same and, when `contacts` is given, its rows are exactly those contacts.
+
+    Parameters
+    ----------
+    conn
+        A connection.
+    campaign
+        The retried request's fields; its id is canonical.
+    contacts
+        The retried request's contacts, or None when they are not known yet (an S3 list read later).
+
+    Returns
+    -------
+    CreatedCampaign or None
+        None when no campaign has that id; else the stored campaign's recipients, this request's invalid rows
+        and duplicates, and `enqueued` 0 (its messages were sent by the first create).
+
+    Raises
+    ------
+    CampaignStateError
+        A campaign with that id exists and differs from the request: the id was reused for another campaign.
+    """
+    found = db.rows(conn, SELECT_CAMPAIGN_FIELDS, {"campaign_id": campaign.id}, "reading the campaign failed")
+    if not found:
+        return None
+    name, template_name, language_code, phone_number_id, components, _status = found[0]
+    same = (name, template_name, language_code, phone_number_id, list(components or [])) == (
+        campaign.name.strip(), campaign.template_name, campaign.language_code, campaign.phone_number_id,
+        list(campaign.components),
+    )
+    recipients = None
+    if same and contacts is not None:
+        stored = db.rows(conn, SELECT_CAMPAIGN_ROWS, {"campaign_id": campaign.id}, "reading the campaign failed")
+        recipients = len(stored)
+        same = {(phone, tuple(params or ())) for phone, params in stored} == {
+            (c.phone, c.params) for c in contacts.contacts
+        } and recipients == len(contacts.contacts)
+    if not same:
+        raise CampaignStateError(
+            f"campaign {campaign.id} already exists with other fields or contacts: use a new id (or "
+            "Idempotency-Key) for a new campaign"
+        )
+    if recipients is None:
+        recipients = db.rows(
+            conn, "SELECT count(*) FROM send_queue WHERE campaign_id = %(campaign_id)s",
+            {"campaign_id": campaign.id}, "reading the campaign failed",
+        )[0][0]
+    logger.info("campaign create replayed", campaign_id=campaign.id)
+    if contacts is None:
+        return CreatedCampaign(campaign.id, recipients, [], 0, 0)
+    return CreatedCampaign(
+        campaign.id, recipients, contacts.invalid, contacts.duplicates, 0, contacts.invalid_count
+    )
 
 
 def enqueue_campaign(

@@ -19,6 +19,9 @@ _PARAM_COLUMN = re.compile(r"^param([1-9][0-9]*)$")
 # 9.19741771659E+11: a spreadsheet showed the number in scientific notation and saved it so, digits lost.
 _SCIENTIFIC = re.compile(r"^\+?[0-9]+[.,][0-9]*[eE]\+?[0-9]+$")
 MAX_PARAM_LENGTH = 1024
+# Meta refuses a body parameter with a newline or tab, or more than four spaces in a row (error 132018), and an
+# empty one (131008): checked here, where parameters are read, so the whole campaign is never paused by them.
+_PARAM_FORBIDDEN = re.compile(r"[\n\r\t]| {5,}")
 # How many invalid rows an error or a summary lists before "and N more" (the JSON output has them all).
 LISTED_INVALID_ROWS = 20
 # Common names that are not ISO 3166 alpha-2 codes, and what was meant.
@@ -48,11 +51,29 @@ class InvalidRow:
 
 @dataclass
 class ContactList:
-    """The outcome of reading a contact list: unique contacts, rejected rows, collapsed duplicates."""
+    """The outcome of reading a contact list: unique contacts, rejected rows, collapsed duplicates.
+
+    With `max_invalid`, `invalid` keeps only the first rejected rows (a bounded sample for the API and the
+    asynchronous job, where a million bad rows must not sit in memory or in an answer); `invalid_count` counts
+    them all either way.
+    """
 
     contacts: list[Contact] = field(default_factory=list)
     invalid: list[InvalidRow] = field(default_factory=list)
     duplicates: int = 0
+    max_invalid: int | None = None
+    rejected: int = 0
+
+    @property
+    def invalid_count(self) -> int:
+        """How many rows were rejected, listed in `invalid` or not."""
+        return max(self.rejected, len(self.invalid))
+
+    def reject(self, row: InvalidRow) -> None:
+        """Count a rejected row, and keep it unless the sample is full."""
+        self.rejected = self.invalid_count + 1
+        if self.max_invalid is None or len(self.invalid) < self.max_invalid:
+            self.invalid.append(row)
 
 
 def check_region(region: str | None, name: str = "default country") -> str | None:
@@ -105,12 +126,49 @@ def invalid_lines(invalid: list[InvalidRow], limit: int = LISTED_INVALID_ROWS) -
     return lines
 
 
+def param_problem(params: Iterable[str]) -> str | None:
+    """Why Meta would refuse these template body parameters, or None when they are fine.
+
+    Parameters
+    ----------
+    params
+        The row's parameters, in order (already stripped by the CSV reader).
+
+    Returns
+    -------
+    str or None
+        The reason, naming the parameter (1-based), for an `InvalidRow`.
+    """
+    for number, param in enumerate(params, start=1):
+        if not param.strip():
+            return f"parameter {number} is empty (Meta refuses an empty template parameter)"
+        if len(param) > MAX_PARAM_LENGTH:
+            return f"a parameter is over {MAX_PARAM_LENGTH} characters (parameter {number})"
+        if "\x00" in param:
+            # PostgreSQL text cannot hold NUL: one such row would fail the whole campaign's COPY.
+            return "a parameter contains a NUL character"
+        if _has_lone_surrogate(param):
+            # JSON allows "\ud800", UTF-8 (and so PostgreSQL) cannot encode it.
+            return f"parameter {number} contains an unpaired surrogate (not valid Unicode text)"
+        if _PARAM_FORBIDDEN.search(param):
+            return f"parameter {number} has a newline, a tab or more than 4 spaces in a row (Meta refuses it)"
+    return None
+
+
+def _has_lone_surrogate(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
 def no_valid_contacts(result: ContactList, source: str = "the contact list", inline: bool = False) -> ContactsError:
     """The error for a list without one valid contact; it carries the invalid rows for the caller to list.
 
     With `inline`, the message itself lists the first rows (for callers that show only a message: the API).
     """
-    message = f"no valid contacts in {source} ({len(result.invalid)} invalid rows): nothing was created"
+    message = f"no valid contacts in {source} ({result.invalid_count} invalid rows): nothing was created"
     if inline and result.invalid:
         message += ": " + "; ".join(invalid_lines(result.invalid))
     return ContactsError(message, invalid_rows=result.invalid)
@@ -179,8 +237,17 @@ def _not_utf8(file: Path, exc: UnicodeDecodeError) -> ContactsError:
     return ContactsError(f"{file} is not UTF-8 text ({exc.reason}): save it as CSV UTF-8")
 
 
-def parse_csv(lines: Iterable[str], source: str = "contacts", default_region: str | None = None) -> ContactList:
+def parse_csv(
+    lines: Iterable[str],
+    source: str = "contacts",
+    default_region: str | None = None,
+    max_invalid: int | None = None,
+    echo_header: bool = True,
+) -> ContactList:
     """Parse CSV text (an iterable of lines); see `read_csv`.
+
+    `max_invalid` bounds the invalid rows kept (see `ContactList`); without `echo_header` an error never
+    quotes the file's header (an S3 object's first line is not the caller's to read).
 
     Raises
     ------
@@ -190,8 +257,8 @@ def parse_csv(lines: Iterable[str], source: str = "contacts", default_region: st
     region = check_region(default_region)
     reader = csv.reader(lines)
     try:
-        phone_at, params_at, width = _header(reader, source)
-        return _collect(reader, phone_at, params_at, width, region, source)
+        phone_at, params_at, width = _header(reader, source, echo_header)
+        return _collect(reader, phone_at, params_at, width, region, source, max_invalid)
     except UnicodeDecodeError as exc:
         raise ContactsError(f"{source} is not UTF-8 text (after line {reader.line_num}): save it as CSV UTF-8") from exc
     except csv.Error as exc:
@@ -199,18 +266,21 @@ def parse_csv(lines: Iterable[str], source: str = "contacts", default_region: st
         raise ContactsError(f"{source} line {max(reader.line_num, 1)}: {exc}") from None
 
 
-def check_header(lines: Iterable[str], source: str = "contacts") -> None:
-    """Raise `ContactsError` unless the first line is a usable header (a `phone` column, param1..paramN)."""
+def check_header(lines: Iterable[str], source: str = "contacts", echo_header: bool = True) -> None:
+    """Raise `ContactsError` unless the first line is a usable header (a `phone` column, param1..paramN).
+
+    Without `echo_header` the message never quotes the header's cells.
+    """
     reader = csv.reader(lines)
     try:
-        _header(reader, source)
+        _header(reader, source, echo_header)
     except UnicodeDecodeError as exc:
         raise ContactsError(f"{source} is not UTF-8 text: save it as CSV UTF-8") from exc
     except csv.Error as exc:
         raise ContactsError(f"{source} line 1: {exc}") from None
 
 
-def _header(reader, source: str) -> tuple[int, list[int], int]:
+def _header(reader, source: str, echo: bool = True) -> tuple[int, list[int], int]:
     """(index of `phone`, indexes of param1..paramN in order, number of fields) of the header row."""
     header = next(reader, None)
     if header is None or not any(cell.strip() for cell in header):
@@ -221,11 +291,13 @@ def _header(reader, source: str) -> tuple[int, list[int], int]:
         if len(columns) == 1 and (separator := next((s for s in ";\t|" if s in columns[0]), None)):
             # Excel in many locales saves "CSV" with semicolons; the whole header is then one column.
             hint = f"; the columns seem to be separated by {separator!r}: save it comma-separated"
-        raise ContactsError(f"{source} has no 'phone' column (columns: {', '.join(columns) or 'none'}){hint}")
+        listed = f" (columns: {', '.join(columns) or 'none'})" if echo else f" ({len(columns)} columns)"
+        raise ContactsError(f"{source} has no 'phone' column{listed}{hint}")
     named = [name for name in columns if name == "phone" or _PARAM_COLUMN.match(name)]
     repeated = sorted({name for name in named if named.count(name) > 1})
     if repeated:
-        raise ContactsError(f"{source}: the column {repeated[0]!r} appears more than once in the header")
+        what = repeated[0] if echo or repeated[0] == "phone" or _PARAM_COLUMN.match(repeated[0]) else "a column"
+        raise ContactsError(f"{source}: the column {what!r} appears more than once in the header")
     params_at = sorted(
         (int(m.group(1)), i) for i, name in enumerate(columns) if (m := _PARAM_COLUMN.match(name))
     )
@@ -234,20 +306,23 @@ def _header(reader, source: str) -> tuple[int, list[int], int]:
     return columns.index("phone"), [i for _, i in params_at], len(header)
 
 
-def from_records(records: object, default_region: str | None = None) -> ContactList:
-    """Read contacts given inline (the HTTP API): a list of "phone" strings or {"phone", "params"} objects."""
+def from_records(records: object, default_region: str | None = None, max_invalid: int | None = None) -> ContactList:
+    """Read contacts given inline (the HTTP API): a list of "phone" strings or {"phone", "params"} objects.
+
+    `max_invalid` bounds the invalid rows kept (see `ContactList`).
+    """
     region = check_region(default_region, "default_country")
     if not isinstance(records, list) or not records:
         raise ContactsError("contacts must be a non-empty list")
-    result = ContactList()
+    result = ContactList(max_invalid=max_invalid)
     seen: set[str] = set()
     for number, record in enumerate(records, start=1):
         record = {"phone": record} if isinstance(record, str) else record
         params = record.get("params", []) if isinstance(record, dict) else None
         if not isinstance(record, dict) or not isinstance(record.get("phone"), str):
-            result.invalid.append(InvalidRow(number, masked(str(record)), "expected a phone string or {'phone': ...}"))
+            result.reject(InvalidRow(number, masked(str(record)), "expected a phone string or {'phone': ...}"))
         elif not isinstance(params, list) or not all(isinstance(p, str) for p in params):
-            result.invalid.append(InvalidRow(number, masked(record["phone"]), "params must be a list of strings"))
+            result.reject(InvalidRow(number, masked(record["phone"]), "params must be a list of strings"))
         else:
             _add(result, seen, number, record["phone"], tuple(params), region)
     return result
@@ -261,8 +336,10 @@ def _rows(reader) -> Iterator[tuple[int, int, list[str]]]:
         yield start, end, row
 
 
-def _collect(reader, phone_at: int, params_at: list[int], width: int, region: str | None, source: str):
-    result = ContactList()
+def _collect(
+    reader, phone_at: int, params_at: list[int], width: int, region: str | None, source: str, max_invalid: int | None
+):
+    result = ContactList(max_invalid=max_invalid)
     seen: set[str] = set()
     rows = 0
     needed = max([phone_at, *params_at]) + 1
@@ -274,7 +351,7 @@ def _collect(reader, phone_at: int, params_at: list[int], width: int, region: st
         if line > start and any("\n" in cell or "\r" in cell for cell in row):
             # A quote opened and not closed swallows the rows after it into one field: say so, not "bad number".
             first = next((text for text in ",".join(row).splitlines() if text.strip()), "")
-            result.invalid.append(
+            result.reject(
                 InvalidRow(start, masked(first.strip()), f"a quoted field runs over lines {start}-{line}: is a closing "
                            "quote missing?")
             )
@@ -283,7 +360,7 @@ def _collect(reader, phone_at: int, params_at: list[int], width: int, region: st
             # More fields than the header: an unquoted comma (in a name, say) that shifts every parameter after
             # it, so the row is refused rather than sent with the wrong text.
             reason = f"{len(row)} field{'s' if len(row) != 1 else ''}, the header has {width}"
-            result.invalid.append(InvalidRow(line, masked(raw.strip()), reason))
+            result.reject(InvalidRow(line, masked(raw.strip()), reason))
             continue
         params = tuple(row[i].strip() for i in params_at)
         _add(result, seen, line, raw, params, region)
@@ -296,19 +373,15 @@ def _add(result: ContactList, seen: set[str], line: int, raw: str, params: tuple
     if _SCIENTIFIC.match(raw.strip()):
         # Its digits would be read as some other number, or a wrong one that happens to be valid.
         reason = "written in scientific notation (a spreadsheet's format): make the phone column text, export again"
-        result.invalid.append(InvalidRow(line, masked(raw.strip()), reason))
+        result.reject(InvalidRow(line, masked(raw.strip()), reason))
         return
     try:
         phone = phones.normalize(raw, region)
     except phones.InvalidPhoneError as exc:
-        result.invalid.append(InvalidRow(line, masked(raw.strip()), str(exc)))
+        result.reject(InvalidRow(line, masked(raw.strip()), str(exc)))
         return
-    if any(len(p) > MAX_PARAM_LENGTH for p in params):
-        result.invalid.append(InvalidRow(line, masked(raw.strip()), f"a parameter is over {MAX_PARAM_LENGTH} characters"))
-        return
-    if any("\x00" in p for p in params):
-        # PostgreSQL text cannot hold NUL: one such row would fail the whole campaign's COPY.
-        result.invalid.append(InvalidRow(line, masked(raw.strip()), "a parameter contains a NUL character"))
+    if problem := param_problem(params):
+        result.reject(InvalidRow(line, masked(raw.strip()), problem))
         return
     if phone in seen:
         result.duplicates += 1
