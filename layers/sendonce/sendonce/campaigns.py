@@ -178,13 +178,6 @@ def create_campaign(
     )
 
 
-SELECT_CAMPAIGN_FIELDS = """
-SELECT name, template_name, language_code, phone_number_id, components, status
-FROM campaigns WHERE id = %(campaign_id)s
-"""
-SELECT_CAMPAIGN_ROWS = "SELECT phone_number, params FROM send_queue WHERE campaign_id = %(campaign_id)s"
-
-
 def replay_create(
     conn: psycopg.Connection, campaign: NewCampaign, contacts: ContactList | None = None
 ) -> CreatedCampaign | None:
@@ -214,17 +207,17 @@ def replay_create(
     CampaignStateError
         A campaign with that id exists and differs from the request: the id was reused for another campaign.
     """
-    found = db.rows(conn, SELECT_CAMPAIGN_FIELDS, {"campaign_id": campaign.id}, "reading the campaign failed")
-    if not found:
+    found = repository.campaign_fields(conn, campaign.id)
+    if found is None:
         return None
-    name, template_name, language_code, phone_number_id, components, _status = found[0]
+    name, template_name, language_code, phone_number_id, components = found
     same = (name, template_name, language_code, phone_number_id, list(components or [])) == (
         campaign.name.strip(), campaign.template_name, campaign.language_code, campaign.phone_number_id,
         list(campaign.components),
     )
     recipients = None
     if same and contacts is not None:
-        stored = db.rows(conn, SELECT_CAMPAIGN_ROWS, {"campaign_id": campaign.id}, "reading the campaign failed")
+        stored = repository.campaign_recipients(conn, campaign.id)
         recipients = len(stored)
         same = {(phone, tuple(params or ())) for phone, params in stored} == {
             (c.phone, c.params) for c in contacts.contacts
@@ -235,10 +228,7 @@ def replay_create(
             "Idempotency-Key) for a new campaign"
         )
     if recipients is None:
-        recipients = db.rows(
-            conn, "SELECT count(*) FROM send_queue WHERE campaign_id = %(campaign_id)s",
-            {"campaign_id": campaign.id}, "reading the campaign failed",
-        )[0][0]
+        recipients = repository.recipient_count(conn, campaign.id)
     logger.info("campaign create replayed", campaign_id=campaign.id)
     if contacts is None:
         return CreatedCampaign(campaign.id, recipients, [], 0, 0)

@@ -45,6 +45,13 @@ RETURNING id
 """
 MARK_CHUNK = 10_000
 
+# What a retried create is compared with (campaigns.replay_create).
+SELECT_CAMPAIGN_FIELDS = """
+SELECT name, template_name, language_code, phone_number_id, components FROM campaigns WHERE id = %(campaign_id)s
+"""
+SELECT_RECIPIENTS = "SELECT phone_number, params FROM send_queue WHERE campaign_id = %(campaign_id)s"
+COUNT_RECIPIENTS = "SELECT count(*) FROM send_queue WHERE campaign_id = %(campaign_id)s"
+
 
 def insert_campaign(conn: psycopg.Connection, fields: dict, rows_: Iterable[tuple[str, tuple[str, ...]]]) -> None:
     """Insert a campaign and COPY its rows, in one transaction: either all of it exists or none."""
@@ -87,3 +94,19 @@ def mark_ready_rows(conn: psycopg.Connection, campaign_id: str, enqueue_id: str)
     for start in range(low or 0, (high or -1) + 1, MARK_CHUNK):
         chunk = rows(conn, MARK_READY_IDS, {**params, "low": start, "high": start + MARK_CHUNK}, "marking ready rows failed")
         yield from sorted(row_id for (row_id,) in chunk)
+
+
+def campaign_fields(conn: psycopg.Connection, campaign_id: str) -> tuple | None:
+    """(name, template_name, language_code, phone_number_id, components), or None when there is no such campaign."""
+    found = rows(conn, SELECT_CAMPAIGN_FIELDS, {"campaign_id": campaign_id}, "reading the campaign failed")
+    return tuple(found[0]) if found else None
+
+
+def campaign_recipients(conn: psycopg.Connection, campaign_id: str) -> list[tuple[str, list | None]]:
+    """Every (phone_number, params) of the campaign."""
+    return rows(conn, SELECT_RECIPIENTS, {"campaign_id": campaign_id}, "reading the campaign failed")
+
+
+def recipient_count(conn: psycopg.Connection, campaign_id: str) -> int:
+    """How many rows the campaign has."""
+    return rows(conn, COUNT_RECIPIENTS, {"campaign_id": campaign_id}, "reading the campaign failed")[0][0]
