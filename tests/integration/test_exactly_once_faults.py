@@ -294,6 +294,7 @@ def test_retry_failed_retries_rows_without_code_and_leaves_unconfirmed_rows_alon
     assert (rows[phone(2)]["status"], rows[phone(2)]["last_error"]) == ("failed", "unconfirmed")
 
     # When retry-failed runs and the queue is drained
+    capsys.readouterr()  # only the command's own output
     assert main(["campaign", "retry-failed", campaign_id, "--json"]) == 0
     retried = json.loads(capsys.readouterr().out)
     event_source.run_until_empty(timeout=60)

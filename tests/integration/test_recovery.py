@@ -211,3 +211,29 @@ def test_reset_stuck_does_not_take_an_expired_journal_entry_as_proof_of_an_unsen
     event_source.run_until_empty(timeout=30)
     assert graph.accepted == {phone(1): 1}
     assert queue_rows(pg_conn, campaign_id)[phone(1)]["last_error"] == "unconfirmed"
+
+
+def test_recompute_reports_a_running_campaign_whose_counters_stopped_moving(
+    make_campaign, graph, pg_conn, event_source, capsys
+):
+    # Given a running campaign with rows pending, recomputed once (its progress starts now)
+    campaign_id = make_campaign(phone(1), phone(2))
+    assert [(c, s, stalled) for c, s, stalled in control.recompute(pg_conn) if c == campaign_id] == [
+        (campaign_id, "running", False)
+    ]
+
+    # When its counters have not moved for longer than STALLED_AFTER_SECONDS (900)
+    pg_conn.execute("UPDATE campaigns SET progress_at = now() - interval '16 minutes' WHERE id = %s", (campaign_id,))
+    capsys.readouterr()
+    assert main(["recompute", "--json"]) == 0
+
+    # Then the recompute reports it stalled
+    report = json.loads(capsys.readouterr().out)
+    assert report["stalled"] == 1
+    assert {c["campaign_id"]: c["stalled"] for c in report["campaigns"]}[campaign_id] is True
+
+    # and once rows are sent its progress moves again, and it completes
+    event_source.run_until_empty(timeout=30)
+    assert [(c, s, stalled) for c, s, stalled in control.recompute(pg_conn) if c == campaign_id] == [
+        (campaign_id, "completed", False)
+    ]

@@ -205,3 +205,51 @@ def test_webhook_thousand_statuses_take_the_same_statements_as_ten(pg_conn):
     # Then both take the same, constant number of round trips (BEGIN, 3 statements, COMMIT)
     assert small == large == 5
     assert pg_conn.execute("SELECT count(*) FROM send_queue WHERE delivery_status = 'read'").fetchone()[0] == 1000
+
+
+@pytest.mark.parametrize(
+    "signature", ["sha256=" + "é" * 64, "sha256=\u00ff", "sha256=\ud800", "é"], ids=["accented", "latin1", "surrogate", "bare"]
+)
+def test_webhook_non_ascii_signature_is_refused_not_a_500(pg_conn, signature):
+    # Given the signed event file, its signature replaced with text that is not ASCII
+    event = load_event("webhook_status_post.json")
+    event["headers"]["x-hub-signature-256"] = signature
+
+    # When it is posted, then 401 (hmac.compare_digest would raise TypeError on such a str) and nothing stored
+    assert invoke_webhook(event)["statusCode"] == 401 and _stored_statuses(pg_conn) == 0
+
+
+@pytest.mark.parametrize("token", ["vérify", "\ud800", "example-verify-tokén"])
+def test_webhook_non_ascii_verify_token_is_forbidden_not_a_500(pg_conn, token):
+    event = load_event("webhook_verify_get.json")
+    event["queryStringParameters"]["hub.verify_token"] = token
+    assert invoke_webhook(event)["statusCode"] == 403
+
+
+def test_webhook_non_ascii_configured_verify_token_still_matches(pg_conn, monkeypatch):
+    # A verify token chosen with an accent works too: the comparison is of bytes, not of ASCII-only str.
+    monkeypatch.setenv("WEBHOOK_VERIFY_TOKEN", "jeton-vérifié")
+    event = load_event("webhook_verify_get.json")
+    event["queryStringParameters"]["hub.verify_token"] = "jeton-vérifié"
+    assert invoke_webhook(event)["statusCode"] == 200
+
+
+def test_webhook_statuses_older_than_metas_retry_window_are_ignored(make_campaign, graph, pg_conn):
+    # Given two sent rows
+    campaign_id = make_campaign(phone(1), phone(2))
+    pg_conn.execute("UPDATE send_queue SET status = 'sent', whatsapp_message_id = 'wamid.' || id")
+    now = int(time.time())
+    week = int(webhook.STATUS_MAX_AGE.total_seconds())
+
+    # When a POST holds a status for row 1 from just inside the 7 days, and one for row 2 from just outside
+    # (absolute Unix times, written out: status_update's times are the other tests' to choose)
+    response = post_statuses([
+        {"id": "wamid.1", "status": "delivered", "timestamp": str(now - week + 60), "recipient_id": ""},
+        {"id": "wamid.2", "status": "read", "timestamp": str(now - week - 60), "recipient_id": ""},
+    ])
+
+    # Then the POST is acknowledged, the recent status applied and stored, the old one neither
+    assert response["statusCode"] == 200
+    rows = queue_rows(pg_conn, campaign_id)
+    assert (rows[phone(1)]["delivery_status"], rows[phone(2)]["delivery_status"]) == ("delivered", None)
+    assert pg_conn.execute("SELECT whatsapp_message_id FROM message_statuses").fetchall() == [("wamid.1",)]

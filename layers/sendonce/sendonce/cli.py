@@ -329,15 +329,19 @@ def _cmd_recompute(args: argparse.Namespace) -> int:
     from sendonce import control
 
     campaigns = control.recompute(_conn())
-    completed = sum(s == "completed" for _, s in campaigns)
+    completed = sum(s == "completed" for _, s, _ in campaigns)
+    stalled = [c for c, _, is_stalled in campaigns if is_stalled]
     if args.json:
         print(json.dumps({
             "recomputed": len(campaigns),
             "completed": completed,
-            "campaigns": [{"campaign_id": str(c), "status": s} for c, s in campaigns],
+            "stalled": len(stalled),
+            "campaigns": [{"campaign_id": str(c), "status": s, "stalled": st} for c, s, st in campaigns],
         }))
     else:
         print(f"recomputed {len(campaigns)} campaigns, {completed} completed")
+        for campaign_id in stalled:
+            print(f"  campaign {campaign_id} is running with rows pending and its counters have not moved")
     return 0
 
 
@@ -677,6 +681,8 @@ def _report(exc: BaseException, as_json: bool) -> int | None:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `sendonce` console script."""
     argv = sys.argv[1:] if argv is None else list(argv)
+    # Handlers run in this process (and its children) print EMF metrics to stdout, which is the CLI's own.
+    os.environ.setdefault("POWERTOOLS_METRICS_DISABLED", "true")
     _Parser.json_errors = "--json" in argv
     args = build_parser().parse_args(argv)
     # Logs are for operators and go to stderr, so stdout stays clean for --json.

@@ -34,6 +34,7 @@ class Settings:
     whatsapp_app_secret: str | None
     webhook_verify_token: str | None
     stuck_after_seconds: int
+    stalled_after_seconds: int  # a running campaign whose counters have not moved for this long is stalled
     ambiguous_policy: str
     whatsapp_max_mps: int
     whatsapp_timeout_seconds: float
@@ -119,6 +120,7 @@ def get_settings() -> Settings:
         whatsapp_app_secret=os.environ.get("WHATSAPP_APP_SECRET") or None,
         webhook_verify_token=os.environ.get("WEBHOOK_VERIFY_TOKEN") or None,
         stuck_after_seconds=_int("STUCK_AFTER_SECONDS", 600, minimum=1),
+        stalled_after_seconds=_int("STALLED_AFTER_SECONDS", 900, minimum=60),
         ambiguous_policy=policy,
         whatsapp_max_mps=_int("WHATSAPP_MAX_MPS", 80, minimum=1),
         whatsapp_timeout_seconds=_float("WHATSAPP_TIMEOUT_SECONDS", 10.0),

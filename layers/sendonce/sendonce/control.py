@@ -8,7 +8,8 @@ import psycopg
 
 from sendonce import campaigns
 from sendonce.errors import CampaignInputError, CampaignNotFoundError, CampaignStateError
-from sendonce.observability import logger
+from sendonce.config import get_settings
+from sendonce.observability import gauge, logger
 from sendonce.repository import control as repository
 
 COUNTER_KEYS = ("recipients", "pending", "sent", "delivered", "read", "failed", "cancelled")
@@ -128,6 +129,17 @@ def retry_failed(conn: psycopg.Connection, campaign_id: str, queue_url: str, inc
     return {**status(conn, campaign_id), "rows_retried": rows, "unconfirmed_not_retried": unconfirmed, "enqueued": enqueued}
 
 
-def recompute(conn: psycopg.Connection, campaign_id: str | None = None) -> list[tuple[str, str]]:
-    """Write campaigns.total_* from the shared definition; completes running campaigns with nothing pending."""
-    return repository.recompute_counters(conn, _check_id(campaign_id) if campaign_id else None)
+def recompute(conn: psycopg.Connection, campaign_id: str | None = None) -> list[tuple[str, str, bool]]:
+    """Write campaigns.total_* from the shared definition; completes running campaigns with nothing pending.
+
+    Returns (campaign id, status, stalled) for each campaign recomputed; the stalled ones (running, rows pending,
+    counters unchanged for STALLED_AFTER_SECONDS) are counted in the CampaignsWithoutProgress metric.
+    """
+    campaigns = repository.recompute_counters(
+        conn, _check_id(campaign_id) if campaign_id else None, get_settings().stalled_after_seconds
+    )
+    stalled = [campaign for campaign, _, is_stalled in campaigns if is_stalled]
+    if stalled:
+        logger.warning("campaigns without progress", campaigns=stalled[:20], count=len(stalled))
+    gauge("CampaignsWithoutProgress", len(stalled))
+    return campaigns

@@ -12,7 +12,7 @@ from sendonce.config import get_settings, send_queue_url
 from sendonce.db import transaction
 from sendonce.errors import DatabaseError, EnqueueError, MalformedMessageError
 from sendonce.models import QueueMessage, RowStatus
-from sendonce.observability import logger
+from sendonce.observability import count, gauge, logger, scrub
 from sendonce.repository import recovery as recovery_sql
 from sendonce.repository import sending as sending_sql
 from sendonce.repository.sending import RowResult
@@ -61,6 +61,10 @@ def reset_stuck(conn: psycopg.Connection, queue_url: str | None = None) -> dict:
     }
     log = logger.warning if blind or counts["failed"] else logger.info
     log(f"Reset {len(ready)} stuck 'processing' entries to 'ready'", policy=settings.ambiguous_policy, **result)
+    gauge("StuckRows", len(stuck))
+    count("Reset", result["reset"])
+    count("ResentWithoutEvidence", blind)
+    count("RecoveredFromJournal", result["recovered"])
     return result
 
 
@@ -89,7 +93,7 @@ def _write_journal_results(
     except DatabaseError as exc:
         if conn.broken:
             raise
-        logger.error("journal results not written; rows left stuck", error=str(exc), rows=[r.row_id for r in results])
+        logger.error("journal results not written; rows left stuck", error=scrub(exc), rows=[r.row_id for r in results])
         return {r.row_id: (r.row_id, r.campaign_id, "processing", False) for r in results}
     return {row_id: (row_id, campaign_id, status, False) for row_id, campaign_id, status in written}
 
@@ -114,7 +118,11 @@ def settle_dead_letters(conn: psycopg.Connection, records: list[dict]) -> dict:
         except MalformedMessageError as exc:
             unusable.append({**letter, "reason": str(exc)})
     failed = recovery_sql.settle_dead_letters(conn, exhausted, unusable)
-    logger.info("dead letters settled", records=len(records), rows_failed=len(failed), unusable=len(unusable))
+    # Row ids, not bodies: a body that is not the contract's may hold anything, and it is kept in dead_letters.
+    logger.info("dead letters settled", records=len(records), rows_failed=len(failed), unusable=len(unusable),
+                failed_rows=sorted(failed))
+    count("DeadLettered", len(records))
+    count("FailedExhausted", len(failed))
     return {"records": len(records), "failed": len(failed), "unusable": len(unusable)}
 
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 import threading
 import time
+import traceback
 import uuid
 from collections import Counter
 from collections.abc import Callable
@@ -47,7 +48,7 @@ from sendonce.errors import (
     UnknownRowError,
 )
 from sendonce.models import ClaimedRow, Disposition, QueueMessage, RowStatus, SendResult
-from sendonce.observability import logger
+from sendonce.observability import count, logger, milliseconds, scrub
 from sendonce.phones import mask
 from sendonce.repository.sending import ClaimOutcome, RowResult, UnusedSlots, claim_rows, finalize_rows
 
@@ -89,20 +90,27 @@ class _Batch:
         self.requeued: set[str] = set()  # deliveries sent again for later: their idempotency records are released
 
     def run(self, records: list[SQSRecord]) -> dict[str, Outcome]:
-        messages = self._parse(records)
-        with ThreadPoolExecutor(max_workers=len(records) + 1, thread_name_prefix="record") as pool:
-            journal_entry = pool.submit(self._journal_begin)
-            gated = self._gate(pool, messages)
-            owners = self._owners(gated, journal_entry.result())
-            claims = self._claim(owners)
-            if claims is not None:
-                rows = {c.row.id: c.row for c in claims.values() if c and c.row}
-                results = self._send(pool, rows)
-                self._requeue(owners, claims)
-                self._finalize(rows, claims, results)
-                self._outcomes(owners, claims, results)
-            self._settle(pool, gated)
-        self._log_summary(len(records))
+        # Every line of this batch names its claim: the journal and reset_stuck speak of claims too.
+        logger.append_keys(claim=str(self.token))
+        try:
+            messages = self._parse(records)
+            with ThreadPoolExecutor(max_workers=len(records) + 1, thread_name_prefix="record") as pool:
+                journal_entry = pool.submit(self._journal_begin)
+                gated = self._gate(pool, messages)
+                owners = self._owners(gated, journal_entry.result())
+                claims = self._claim(owners)
+                if claims is not None:
+                    rows = {c.row.id: c.row for c in claims.values() if c and c.row}
+                    results = self._send(pool, rows)
+                    self._requeue(owners, claims)
+                    self._finalize(rows, claims, results)
+                    self._outcomes(owners, claims, results)
+                self._settle(pool, gated)
+            self._log_summary(len(records))
+            self._add_metrics()
+        finally:
+            # The logger outlives the invocation (warm starts): the next batch has its own claim.
+            logger.remove_keys(["claim"])
         return self.outcomes
 
     # 1. parse ---------------------------------------------------------------------------------------------
@@ -133,7 +141,7 @@ class _Batch:
             if answer is None:
                 gated[message_id] = messages[message_id]
             elif isinstance(answer, Exception):
-                self._fail(message_id, answer)
+                self._fail(message_id, answer, messages[message_id])
             else:
                 self.counts["replayed"] += 1
                 self.outcomes[message_id] = answer
@@ -144,7 +152,7 @@ class _Batch:
         try:
             journal.begin(self.token)
         except JournalError as exc:
-            logger.warning("batch journal unavailable; claiming nothing", error=str(exc))
+            logger.warning("batch journal unavailable; claiming nothing", error=scrub(exc))
             return exc
         return None
 
@@ -154,9 +162,9 @@ class _Batch:
         seen: set[int] = set()
         for message_id, message in gated.items():
             if journal_error:
-                self._fail(message_id, journal_error)
+                self._fail(message_id, journal_error, message)
             elif message.queue_id in seen:
-                self._skip(message_id, message.queue_id, "another message of this batch has the row")
+                self._skip(message_id, message, "another message of this batch has the row")
             else:
                 seen.add(message.queue_id)
                 owners[message_id] = message
@@ -184,21 +192,24 @@ class _Batch:
         except DatabaseError as exc:
             # The claim may have committed with its reply lost: release whatever this token holds. No send was
             # started, so nothing can be lost; if even the release fails, the journal keeps it for reset_stuck.
-            logger.warning("claim failed; releasing it on a fresh connection", error=str(exc))
+            logger.warning("claim failed; releasing it on a fresh connection", error=scrub(exc), rows=len(owners))
             unsent = SendResult(Disposition.RETRY, error=f"not sent: claim failed ({exc})", requested=False)
             released = [RowResult(m.queue_id, m.campaign_id, self.token, unsent) for m in owners.values()]
             if not self._write_until_deadline(released)[0]:
                 self._keep_in_journal({r.row_id: unsent for r in released})
-            for message_id in owners:
-                self._fail(message_id, BatchAbortedError(f"claim failed: {exc}"))
+            for message_id, message in owners.items():
+                self._fail(message_id, BatchAbortedError(f"claim failed: {exc}"), message)
             return None
+        finally:
+            milliseconds("ClaimLatency", (time.monotonic() - claim_started) * 1000)
         claims = {message_id: found.get(message.queue_id) for message_id, message in owners.items()}
         for message_id, claim in claims.items():
+            message = owners[message_id]
             if claim is None:
-                self._fail(message_id, UnknownRowError(f"no send_queue row {owners[message_id].queue_id} in campaign "
-                                                       f"{owners[message_id].campaign_id}"))
+                self._fail(message_id, UnknownRowError(f"no send_queue row {message.queue_id} in campaign "
+                                                       f"{message.campaign_id}"), message)
             elif claim.row is None and claim.line_at is None:
-                self._skip(message_id, claim.queue_id, _skip_reason(claim), claim.wamid)
+                self._skip(message_id, message, _skip_reason(claim), claim.phone_number_id, already_sent=bool(claim.wamid))
         return claims
 
     def _requeue(self, owners: dict[str, QueueMessage], claims: dict[str, ClaimOutcome | None]) -> None:
@@ -221,10 +232,11 @@ class _Batch:
             sqs.send_delayed(send_queue_url(), copies)
         except (EnqueueError, ConfigError) as exc:
             for message_id in waiting:
-                self._fail(message_id, TransientSendError(f"no send slot soon, and SQS refused the deferral: {exc}"))
+                self._fail(message_id, TransientSendError(f"no send slot soon, and SQS refused the deferral: {exc}"),
+                           owners[message_id])
             return
         for message_id, claim in waiting.items():
-            self.counts["defer"] += 1
+            self.counts["defer_no_slot"] += 1
             self.requeued.add(message_id)
             self.outcomes[message_id] = {"queue_id": claim.queue_id, "result": "deferred", "reason": "no send slot soon"}
 
@@ -244,11 +256,18 @@ class _Batch:
         if time.monotonic() - slot_at > max(row.slot_seconds, MIN_SLOT_LATENESS):
             # This process ran late (a pause, a busy machine): sent now, it would take another sender's slot.
             return SendResult(Disposition.DEFER, error="not sent: its send slot had passed", delay=1, requested=False)
+        started = time.monotonic()
         try:
             result = whatsapp.send_template(row)
         except Exception as exc:  # noqa: BLE001 - the request may have left: never resend blindly
-            logger.exception("send raised", queue_id=row.id)
+            # The frames without the exception's text, which may quote the request (number, parameters).
+            logger.error(
+                "send raised", **_row_keys(row), error_type=type(exc).__name__,
+                traceback="".join(traceback.format_tb(exc.__traceback__)),
+            )
             return SendResult(Disposition.AMBIGUOUS, error=f"sender error: {type(exc).__name__}")
+        finally:
+            milliseconds("GraphLatency", (time.monotonic() - started) * 1000)
         if result.disposition is Disposition.HALT:
             self.halted.set()
         elif result.disposition is Disposition.DEFER:
@@ -269,7 +288,9 @@ class _Batch:
                       enqueue_id if result.disposition is Disposition.DEFER else None)
             for row_id, result in results.items()
         ]
+        started = time.monotonic()
         written, row_results = self._write_until_deadline(row_results, _unused_slots(claims, results))
+        milliseconds("FinalizeLatency", (time.monotonic() - started) * 1000)
         # What was written is what the records answer: a deferral SQS refused became a retry of its message.
         results.update({r.row_id: r.result for r in row_results})
         if not written:
@@ -279,13 +300,15 @@ class _Batch:
         """PostgreSQL did not take the results within the claim's window: the journal keeps them for reset_stuck."""
         try:
             journal.record(self.token, results)
-            logger.warning("results kept in the batch journal for reset_stuck", claim=str(self.token), rows=len(results))
+            logger.warning("results kept in the batch journal for reset_stuck", rows=len(results))
         except JournalError as exc:
+            # Row ids, never WAMIDs: the sent rows' statuses come back through the webhook, whose callback
+            # data names the row, and reset_stuck's policy settles the rest.
             logger.error(
                 "results lost: neither PostgreSQL nor the batch journal took them",
-                claim=str(self.token),
-                error=str(exc),
-                wamids={row_id: r.wamid for row_id, r in results.items() if r.wamid},
+                error=scrub(exc),
+                sent_rows=sorted(row_id for row_id, r in results.items() if r.wamid),
+                rows=sorted(results),
             )
 
     def _write_until_deadline(
@@ -301,13 +324,13 @@ class _Batch:
                 self._write(row_results, unused or [])
                 return True, row_results
             except (EnqueueError, ConfigError) as exc:
-                logger.warning("deferred rows not re-enqueued; their messages are retried instead", error=str(exc))
+                logger.warning("deferred rows not re-enqueued; their messages are retried instead", error=scrub(exc))
                 row_results = [_undeferred(r) for r in row_results]
             except DatabaseError as exc:
                 if time.monotonic() + pause >= self.finalize_by:
-                    logger.warning("finalize failed; the claim's window is closing", error=str(exc))
+                    logger.warning("finalize failed; the claim's window is closing", error=scrub(exc))
                     return False, row_results
-                logger.warning("finalize failed; retrying on a fresh connection", error=str(exc))
+                logger.warning("finalize failed; retrying on a fresh connection", error=scrub(exc))
                 time.sleep(pause)
                 pause = min(pause * 2, 1.0)
 
@@ -333,6 +356,9 @@ class _Batch:
                 continue
             result = results[claim.row.id]
             self.counts[str(result.disposition)] += 1
+            if result.disposition is Disposition.DEFER:
+                # Meta's throttling answers carry a code; a send slot that passed before the send does not.
+                self.counts["defer_throttled" if result.code is not None else "defer_no_slot"] += 1
             if result.disposition is Disposition.RETRY:
                 self.outcomes[message_id] = TransientSendError(result.error or "transient error")
             else:
@@ -341,8 +367,8 @@ class _Batch:
                 }
             if result.disposition is not Disposition.SENT:
                 logger.info(
-                    "send not completed", queue_id=claim.row.id, to=mask(claim.row.phone_number),
-                    disposition=str(result.disposition), code=result.code, error=result.error,
+                    "send not completed", **_row_keys(claim.row), to=mask(claim.row.phone_number),
+                    disposition=str(result.disposition), code=result.code, error=scrub(result.error),
                 )
 
     # 6. settle --------------------------------------------------------------------------------------------
@@ -359,24 +385,35 @@ class _Batch:
                 else:
                     idempotency.complete(message, outcome)
             except Exception as exc:  # noqa: BLE001 - the record expires with this invocation anyway
-                logger.warning("idempotency record not settled", queue_id=message.queue_id, error=str(exc))
+                logger.warning("idempotency record not settled", campaign_id=message.campaign_id,
+                               queue_id=message.queue_id, error=scrub(exc))
 
         list(pool.map(settle, gated.items()))
 
     # outcomes ---------------------------------------------------------------------------------------------
 
-    def _fail(self, message_id: str, exc: Exception) -> None:
+    def _fail(self, message_id: str, exc: Exception, message: QueueMessage | None = None) -> None:
+        """The record is retried (its message comes back), or fails alone when its body is unusable."""
         self.counts["unknown" if isinstance(exc, UnknownRowError) else "retried"] += 1
-        logger.warning("record failed", message_id=message_id, error=str(exc), error_type=type(exc).__name__)
+        # A body that did not parse names no row: the message id is all there is.
+        keys = {"campaign_id": message.campaign_id, "queue_id": message.queue_id} if message else {}
+        logger.warning("record failed", message_id=message_id, **keys, error=scrub(exc), error_type=type(exc).__name__)
         self.outcomes[message_id] = exc
 
-    def _skip(self, message_id: str, queue_id: int, reason: str, wamid: str | None = None) -> None:
+    def _skip(
+        self, message_id: str, message: QueueMessage, reason: str, phone_number_id: str = "", already_sent: bool = False
+    ) -> None:
+        """The row is not sent by this record: already sent, cancelled, paused, or another record's."""
         self.counts["skipped"] += 1
-        if wamid:
-            logger.info(f"Skipping already-sent message {queue_id} (WAMID: {wamid})", queue_id=queue_id)
-        else:
-            logger.info("skipping message", queue_id=queue_id, reason=reason)
-        self.outcomes[message_id] = {"queue_id": queue_id, "result": "skipped", "reason": reason}
+        if already_sent:
+            self.counts["skipped_already_sent"] += 1
+        # The row id, not its WAMID: the WAMID is in the row, and is not for the logs.
+        logger.info(
+            "Skipping already-sent message" if already_sent else "skipping message",
+            campaign_id=message.campaign_id, queue_id=message.queue_id, phone_number_id=phone_number_id or None,
+            reason=reason,
+        )
+        self.outcomes[message_id] = {"queue_id": message.queue_id, "result": "skipped", "reason": reason}
 
     def _log_summary(self, records: int) -> None:
         """The one line per batch the operators grep for."""
@@ -384,9 +421,25 @@ class _Batch:
         logger.info(
             f"{c['sent']} sent, {c['failed']} failed, {c['skipped']} skipped (already sent)",
             sent=c["sent"], failed=c["failed"], skipped=c["skipped"], retried=c["retry"] + c["retried"],
-            ambiguous=c["ambiguous"], halted=c["halt"], deferred=c["defer"], unknown=c["unknown"],
-            replayed=c["replayed"], records=records,
+            ambiguous=c["ambiguous"], halted=c["halt"], deferred=c["defer_throttled"] + c["defer_no_slot"],
+            unknown=c["unknown"], replayed=c["replayed"], records=records,
         )
+
+    def _add_metrics(self) -> None:
+        """The batch's counts, added once (Powertools flushes them at the end of the invocation)."""
+        c = self.counts
+        count("Sent", c["sent"])
+        count("FailedPermanent", c["failed"])
+        count("FailedHalt", c["halt"])
+        count("Ambiguous", c["ambiguous"])
+        count("SkippedAlreadySent", c["skipped_already_sent"])
+        count("DeferredThrottle", c["defer_throttled"])
+        count("DeferredNoSlot", c["defer_no_slot"])
+
+
+def _row_keys(row: ClaimedRow) -> dict:
+    """What names a row in a log line: never its number (masked separately) nor its parameters."""
+    return {"campaign_id": row.campaign_id, "queue_id": row.id, "phone_number_id": row.phone_number_id}
 
 
 def _skip_reason(claim: ClaimOutcome) -> str:

@@ -3,7 +3,8 @@
 GET answers Meta's verification handshake. POST is accepted only with a valid `X-Hub-Signature-256` (HMAC-SHA256
 of the raw body with the app secret, compared in constant time); its statuses are stored and applied in a
 constant number of statements (`repository.statuses.apply_statuses`), and the answer is a quick 200 so Meta does
-not retry. Anything else in the payload (incoming messages, other fields) is acknowledged and ignored.
+not retry. Anything else in the payload (incoming messages, other fields) is acknowledged and ignored, and so
+are statuses older than Meta's retry window (a replayed POST: its signature is still valid, its news is not).
 """
 
 from __future__ import annotations
@@ -12,17 +13,30 @@ import base64
 import hashlib
 import hmac
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import psycopg
 
 from sendonce import callback
 from sendonce.config import get_settings, resolve_secret
 from sendonce.db import get_conn
-from sendonce.observability import logger
+from sendonce.observability import count, logger, scrub
 from sendonce.repository import statuses as repository
 
 KNOWN_STATUSES = frozenset({"sent", "delivered", "read", "failed"})
+# Meta retries an undelivered webhook for up to 7 days: a status older than that is no retry of Meta's but a
+# replay of a captured (validly signed) POST, or a clock gone wrong.
+STATUS_MAX_AGE = timedelta(days=7)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _bytes(text: str) -> bytes:
+    # hmac.compare_digest raises TypeError on a str that is not ASCII: compare bytes, whatever was sent
+    # (surrogatepass: a lone surrogate from a JSON "\ud800" escape encodes instead of raising).
+    return text.encode("utf-8", "surrogatepass")
 
 
 def _response(status: int, body: str, content_type: str = "text/plain") -> dict:
@@ -43,7 +57,12 @@ def verify(params: dict) -> dict:
     """The subscription handshake: echo hub.challenge when hub.verify_token matches, 403 otherwise."""
     expected = get_settings().webhook_verify_token
     token = params.get("hub.verify_token") or ""
-    if params.get("hub.mode") == "subscribe" and expected and hmac.compare_digest(token, resolve_secret(expected)):
+    if (
+        params.get("hub.mode") == "subscribe"
+        and expected
+        and isinstance(token, str)
+        and hmac.compare_digest(_bytes(token), _bytes(resolve_secret(expected)))
+    ):
         return _response(200, params.get("hub.challenge", ""))
     logger.warning("webhook verification refused", mode=params.get("hub.mode"))
     return _response(403, "forbidden")
@@ -51,10 +70,10 @@ def verify(params: dict) -> dict:
 
 def signature_ok(raw: bytes, header: str | None, secret: str) -> bool:
     """Whether `header` is "sha256=<hex HMAC-SHA256 of raw with secret>" (constant-time comparison)."""
-    if not header or not header.startswith("sha256=") or not secret:
+    if not isinstance(header, str) or not header.startswith("sha256=") or not secret:
         return False
     digest = hmac.new(secret.encode(), raw, hashlib.sha256).hexdigest()
-    return hmac.compare_digest(header[len("sha256="):].lower(), digest)
+    return hmac.compare_digest(_bytes(header[len("sha256="):].lower()), digest.encode())
 
 
 def raw_body(event: dict) -> bytes:
@@ -77,8 +96,11 @@ def receive(event: dict) -> dict:
         logger.error("webhook refused: WHATSAPP_APP_SECRET is not set (or 'none'); statuses are not reconciled")
         return _response(401, "webhook disabled")
     if not signature_ok(raw, headers.get("x-hub-signature-256"), secret):
+        # Whether there was one, never its value.
         logger.warning("webhook signature refused", has_signature="x-hub-signature-256" in headers)
+        count("WebhookRefused")
         return _response(401, "invalid signature")
+    count("WebhookAccepted")
     try:
         payload = json.loads(raw)
     except ValueError:
@@ -86,9 +108,27 @@ def receive(event: dict) -> dict:
         return _response(200, "ok")
     conn = get_conn()
     statuses, skipped = parse_statuses(payload, callback_key(conn))
+    statuses, stale = _fresh(statuses)
     reconciled = repository.apply_statuses(conn, statuses) if statuses else 0
-    logger.info("webhook statuses applied", statuses=len(statuses), skipped=skipped, reconciled=reconciled)
+    logger.info("webhook statuses applied", statuses=len(statuses), skipped=skipped, stale=stale, reconciled=reconciled)
+    count("WebhookStatusesApplied", len(statuses))
+    count("WebhookStatusesStale", stale)
+    count("ReconciledByWebhook", reconciled)
     return _response(200, "ok")
+
+
+def _fresh(statuses: list[dict]) -> tuple[list[dict], int]:
+    """The statuses within Meta's retry window, and how many were older (ignored, logged)."""
+    not_before = _now() - STATUS_MAX_AGE
+    fresh = [s for s in statuses if s["occurred_at"] >= not_before]
+    stale = len(statuses) - len(fresh)
+    if stale:
+        oldest = min(s["occurred_at"] for s in statuses)
+        logger.warning(
+            "webhook statuses older than Meta's retry window ignored", stale=stale, oldest=oldest.isoformat(),
+            max_age_days=STATUS_MAX_AGE.days,
+        )
+    return fresh, stale
 
 
 _keys: dict[str, str] = {}
@@ -122,14 +162,15 @@ def parse_statuses(payload: object, key: str) -> tuple[list[dict], int]:
     only by callback data this deployment signed (`sendonce.callback`).
     """
     statuses, skipped = [], 0
-    for status in _entries(payload):
+    for position, status in enumerate(_entries(payload)):
         if status.get("status") not in KNOWN_STATUSES:
             continue  # other kinds (deleted, warning) are not ours to apply
         try:
             statuses.append(_status(status, key))
         except (ValueError, TypeError, OverflowError) as exc:
             skipped += 1
-            logger.warning("webhook status skipped", reason=str(exc), wamid=str(status.get("id"))[:80])
+            # Its position in the POST, not its WAMID (WAMIDs stay out of the logs).
+            logger.warning("webhook status skipped", reason=scrub(exc), position=position)
     return statuses, skipped
 
 
@@ -147,7 +188,7 @@ def _status(status: dict, key: str) -> dict:
     title = error.get("title") or error.get("message")
     named = callback.verify(key, status.get("biz_opaque_callback_data"))
     if named is None and status.get("biz_opaque_callback_data"):
-        logger.info("callback data not ours; status kept without a row", wamid=wamid[:80])
+        logger.info("callback data not ours; status kept without a row", status=status["status"])
     return {
         "wamid": wamid,
         "status": status["status"],

@@ -161,6 +161,8 @@ class LocalStack:
                 "WHATSAPP_APP_SECRET": self.app_secret,
                 "WEBHOOK_VERIFY_TOKEN": self.verify_token,
                 "POWERTOOLS_TRACE_DISABLED": "true",
+                # EMF metrics are printed to stdout, which the CLI keeps for its own output (--json).
+                "POWERTOOLS_METRICS_DISABLED": "true",
                 "POWERTOOLS_LOG_LEVEL": os.environ.get("POWERTOOLS_LOG_LEVEL", "ERROR"),
             }
         )

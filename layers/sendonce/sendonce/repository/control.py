@@ -104,13 +104,20 @@ SET total_recipients = v.recipients,
         WHEN c.completed_at IS NOT NULL THEN c.completed_at
         WHEN c.status IN ('running', 'cancelled') AND v.pending = 0 THEN now()
     END,
+    progress_at = CASE
+        WHEN (v.sent, v.failed, v.cancelled) IS DISTINCT FROM (c.total_sent, c.total_failed, c.total_cancelled)
+          OR c.progress_at IS NULL THEN now()
+        ELSE c.progress_at
+    END,
     updated_at = now()
 FROM campaign_counters v
 WHERE v.campaign_id = c.id
   AND CASE WHEN %(campaign_id)s::uuid IS NULL
            THEN c.completed_at IS NULL OR c.completed_at > now() - interval '7 days'
            ELSE c.id = %(campaign_id)s::uuid END
-RETURNING c.id::text, c.status
+RETURNING c.id::text, c.status,
+          -- stalled: running, rows pending, and the counters have not moved for the window
+          c.status = 'running' AND v.pending > 0 AND c.progress_at < now() - make_interval(secs => %(stalled_after)s)
 """
 
 SELECT_STORED_TOTALS = """
@@ -147,9 +154,16 @@ def change_campaign(conn: psycopg.Connection, statement: str, campaign_id: str, 
     return tuple(found[0]) if found else None
 
 
-def recompute_counters(conn: psycopg.Connection, campaign_id: str | None = None) -> list[tuple[str, str]]:
-    """Write campaigns.total_* from `campaign_counters` (all unfinished campaigns, or one); return (id, status)."""
-    return rows(conn, RECOMPUTE_COUNTERS, {"campaign_id": campaign_id}, "recomputing counters failed")
+def recompute_counters(
+    conn: psycopg.Connection, campaign_id: str | None = None, stalled_after: int = 900
+) -> list[tuple[str, str, bool]]:
+    """Write campaigns.total_* from `campaign_counters` (all unfinished campaigns, or one).
+
+    Returns (id, status, stalled) per campaign: stalled when it is running with rows pending and its counters
+    have not moved for `stalled_after` seconds.
+    """
+    params = {"campaign_id": campaign_id, "stalled_after": stalled_after}
+    return rows(conn, RECOMPUTE_COUNTERS, params, "recomputing counters failed")
 
 
 def stored_totals(conn: psycopg.Connection, campaign_id: str) -> dict | None:
