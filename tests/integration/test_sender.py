@@ -10,7 +10,11 @@ import signal
 import threading
 import uuid
 
+import pytest
+
 from sendonce import callback
+from sendonce.db import get_conn
+from sendonce.local.lambda_runtime import load_handler
 from sendonce.local.event_source import SqsEventSource, queue_depth
 from sendonce.sqs import get_sqs_client
 from tests.helpers import (
@@ -267,3 +271,24 @@ def test_sender_duplicate_row_in_one_batch_sends_once(make_campaign, graph, pg_c
     assert response == {"batchItemFailures": []}
     assert graph.accepted == {phone(1): 1}
     assert queue_rows(pg_conn, campaign_id)[phone(1)]["status"] == "sent"
+
+
+@pytest.mark.parametrize("threshold, prepared", [("none", False), ("1", True)], ids=["pooler", "default"])
+def test_sender_behind_a_transaction_pooler_prepares_nothing_on_the_server(
+    make_campaign, graph, pg_conn, event_source, lambda_context, monkeypatch, threshold, prepared
+):
+    # Given PG_PREPARE_THRESHOLD=none, as behind RDS Proxy or PgBouncer in transaction mode (a prepared
+    # statement would live on a server connection the next transaction may not get); the default as control
+    monkeypatch.setenv("PG_PREPARE_THRESHOLD", threshold)
+    make_campaign(*[phone(i) for i in range(6)])
+    handler = load_handler("sender")
+
+    # When the sender handles several batches on its connection (the same statements again and again)
+    for _ in range(6):
+        messages = get_sqs_client().receive_message(QueueUrl=event_source.queue_url, MaxNumberOfMessages=1)["Messages"]
+        handler(event_source.to_event(messages), lambda_context)
+
+    # Then its connection holds no server-side prepared statement (and with the default, it does)
+    count = get_conn().execute("SELECT count(*) FROM pg_prepared_statements").fetchone()[0]
+    assert (count > 0) is prepared
+    assert graph.accepted == {phone(i): 1 for i in range(6)}

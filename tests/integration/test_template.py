@@ -27,6 +27,7 @@ ALARMS = {
     "CampaignStalledAlarm": "campaign-stalled",
     "SenderErrorsAlarm": "sender-errors",
     "ThrottlingAlarm": "throttling",
+    "CreationFailuresAlarm": "creation-failed",
 }
 # What every function reads (Globals), then what each one gets besides.
 COMMON_ENV = {"PG_PREPARE_THRESHOLD", "POWERTOOLS_SERVICE_NAME", "POWERTOOLS_METRICS_NAMESPACE", "POWERTOOLS_LOG_LEVEL"}
@@ -450,3 +451,12 @@ def test_template_routes_local_gateway_still_parses():
     by_api = {(r.api, r.method, r.path): r for r in routes}
     assert not by_api[("WebhookHttpApi", "POST", "/webhook")].iam
     assert by_api[("CampaignsHttpApi", "POST", "/campaigns")].iam
+
+
+def test_campaigns_api_async_creation_failures_go_to_a_queue_with_an_alarm():
+    # Given the campaigns API, which answers 202 and creates from S3 in an asynchronous invocation
+    config = TEMPLATE_DATA["Resources"]["CampaignsApiFunction"]["Properties"]["EventInvokeConfig"]
+
+    # Then a creation that fails after its retries lands on a queue (an alarm watches it), never dropped
+    assert config["DestinationConfig"]["OnFailure"] == {"Type": "SQS", "Destination": {"GetAtt": "CreationFailureQueue.Arn"}}
+    assert TEMPLATE_DATA["Resources"]["CreationFailureQueue"]["Type"] == "AWS::SQS::Queue"
