@@ -6,7 +6,9 @@ dropped afterwards), otherwise an embedded server started here (the `pgserver` p
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -125,6 +127,23 @@ def graph(monkeypatch) -> Iterator[FakeGraph]:
         monkeypatch.setenv("WHATSAPP_ACCESS_TOKEN", GRAPH_TOKEN)
         monkeypatch.setenv("WHATSAPP_TIMEOUT_SECONDS", "2")
         yield fake
+
+
+# The recipients the tests send to (tests.helpers.phone, the README's and the event files' examples): none may
+# appear whole in any log line, in any test.
+_TEST_NUMBER = re.compile(r"(?<!\d)(91987654\d{4}|919741771659|919876543210)(?!\d)")
+_RECORD_FIELDS = set(vars(logging.LogRecord("", 0, "", 0, "", None, None)))
+
+
+@pytest.fixture(autouse=True)
+def _no_phone_number_in_logs(caplog):
+    """Fail a test whose captured log lines hold a full phone number (message or structured keys)."""
+    yield
+    for record in caplog.get_records("setup") + caplog.get_records("call"):
+        extra = " ".join(str(v) for k, v in vars(record).items() if k not in _RECORD_FIELDS)
+        found = _TEST_NUMBER.search(f"{record.getMessage()} {extra}")
+        if found:
+            pytest.fail(f"a log line holds the phone number {found.group(0)}: {record.getMessage()[:200]}")
 
 
 @pytest.fixture(autouse=True)
