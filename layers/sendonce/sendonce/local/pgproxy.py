@@ -432,6 +432,12 @@ class PgFaultProxy:
             return None
         return fault
 
+    def _mark_fired(self, flight: _Flight) -> None:
+        """Record an injected fault as fired (the cut itself follows)."""
+        with self._lock:
+            if flight.generation == self._generation and flight.injected:
+                self._fired = flight.statement
+
     def _fire(self, flight: _Flight) -> None:
         """Record the fault as fired, start the outage, call `on_fault`: what happens just before a cut."""
         fault = flight.fault
@@ -611,6 +617,9 @@ class _Connection:
                     pos = out = end
                     continue
                 if action == _FORWARD_THEN_CUT:
+                    # Recorded as fired before the client can have its answer: a caller that returns at once
+                    # (its last statement) must find it fired.
+                    self.proxy._mark_fired(flight)
                     dst.sendall(data[pos:end])
                 assert flight is not None
                 self._cut_at(flight)
