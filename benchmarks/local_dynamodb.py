@@ -65,17 +65,7 @@ def _cpu_seconds(pid: int) -> float | None:
 
 
 def _create_table(ddb) -> str:
-    name = f"bench-{uuid.uuid4().hex[:8]}-idempotency"
-    ddb.create_table(
-        TableName=name,
-        KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
-        AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
-        BillingMode="PAY_PER_REQUEST",
-    )
-    ddb.update_time_to_live(
-        TableName=name, TimeToLiveSpecification={"Enabled": True, "AttributeName": "expiration"}
-    )
-    return name
+    return services.create_idempotency_table(ddb, f"bench-{uuid.uuid4().hex[:8]}-idempotency")
 
 
 def _message_requests(ddb, table: str, i: int) -> list[Callable[[], object]]:

@@ -27,6 +27,7 @@ from aws_lambda_powertools.utilities.idempotency.exceptions import (
 )
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
+from sendonce.local import services
 from sendonce.local.dynamodb_server import LocalDynamoDbServer
 
 REGION = "us-east-1"
@@ -86,17 +87,7 @@ def ddb(endpoint):
 @pytest.fixture
 def table(ddb) -> str:
     """A fresh table shaped like the idempotency table (services.create_aws_resources): pk `id`, TTL on."""
-    name = f"t{uuid.uuid4().hex[:12]}-idempotency"
-    ddb.create_table(
-        TableName=name,
-        KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
-        AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
-        BillingMode="PAY_PER_REQUEST",
-    )
-    ddb.update_time_to_live(
-        TableName=name, TimeToLiveSpecification={"Enabled": True, "AttributeName": "expiration"}
-    )
-    return name
+    return services.create_idempotency_table(ddb, f"t{uuid.uuid4().hex[:12]}-idempotency")
 
 
 def _code(raised: pytest.ExceptionInfo[ClientError]) -> str:

@@ -122,18 +122,22 @@ def create_aws_resources(prefix: str, visibility_timeout: int = 180) -> AwsResou
             "RedrivePolicy": json.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": MAX_RECEIVE_COUNT}),
         },
     )["QueueUrl"]
-    table = f"{prefix}-idempotency"
-    dynamodb = boto3.client("dynamodb", region_name=REGION)
+    table = create_idempotency_table(boto3.client("dynamodb", region_name=REGION), f"{prefix}-idempotency")
+    return AwsResources(queue_url, dlq_url, table)
+
+
+def create_idempotency_table(dynamodb, name: str) -> str:
+    """The idempotency table as template.yaml defines it (pk `id`, TTL on `expiration`); return its name."""
     dynamodb.create_table(
-        TableName=table,
+        TableName=name,
         KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
         AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
         BillingMode="PAY_PER_REQUEST",
     )
     dynamodb.update_time_to_live(
-        TableName=table, TimeToLiveSpecification={"Enabled": True, "AttributeName": "expiration"}
+        TableName=name, TimeToLiveSpecification={"Enabled": True, "AttributeName": "expiration"}
     )
-    return AwsResources(queue_url, dlq_url, table)
+    return name
 
 
 @dataclass(frozen=True)
