@@ -226,14 +226,14 @@ def canonical_id(value: object, what: str = "campaign id") -> str:
     RequestError
         For an id given in a body or header (400).
     """
+    if not isinstance(value, str):
+        value = None  # a number or an object is no id, and is not shown back
     try:
-        if not isinstance(value, str) or len(value) > 64:
-            raise ValueError
-        return str(uuid.UUID(value.strip()))
-    except ValueError:
-        shown = repr(value[:64]) if isinstance(value, str) else type(value).__name__
+        return campaigns.canonical_campaign_id(value)
+    except CampaignNotFoundError:
         if what == "campaign id":
-            raise CampaignNotFoundError(f"no campaign {shown} (not a UUID)") from None
+            raise
+        shown = repr(value[:64]) if isinstance(value, str) else "not a string"
         raise RequestError(f"{what} must be a UUID, got {shown}") from None
 
 
@@ -420,22 +420,22 @@ def list_campaigns() -> Response:
 
 @app.get("/campaigns/<campaign_id>")
 def campaign_status(campaign_id: str) -> Response:
-    return _json(HTTPStatus.OK, control.status(get_conn(), canonical_id(campaign_id)))
+    return _json(HTTPStatus.OK, control.status(get_conn(), campaign_id))
 
 
 @app.post("/campaigns/<campaign_id>/pause")
 def pause(campaign_id: str) -> Response:
-    return _json(HTTPStatus.OK, control.pause(get_conn(), canonical_id(campaign_id)))
+    return _json(HTTPStatus.OK, control.pause(get_conn(), campaign_id))
 
 
 @app.post("/campaigns/<campaign_id>/resume")
 def resume(campaign_id: str) -> Response:
-    return _json(HTTPStatus.OK, control.resume(get_conn(), canonical_id(campaign_id), send_queue_url()))
+    return _json(HTTPStatus.OK, control.resume(get_conn(), campaign_id, send_queue_url()))
 
 
 @app.post("/campaigns/<campaign_id>/cancel")
 def cancel(campaign_id: str) -> Response:
-    return _json(HTTPStatus.OK, control.cancel(get_conn(), canonical_id(campaign_id)))
+    return _json(HTTPStatus.OK, control.cancel(get_conn(), campaign_id))
 
 
 @app.post("/campaigns/<campaign_id>/retry-failed")

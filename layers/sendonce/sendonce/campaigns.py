@@ -64,6 +64,23 @@ class NewCampaign:
             raise CampaignInputError(f"campaign id must be a UUID, got {self.id!r}") from None
 
 
+def canonical_campaign_id(value: object) -> str:
+    """The canonical spelling of a campaign id; uuid.UUID also takes braces, "urn:uuid:" and hex without hyphens
+    (PostgreSQL not all of them), so every statement and message of one action uses the same id.
+
+    Raises
+    ------
+    CampaignNotFoundError
+        `value` is not a UUID: no campaign can have it.
+    """
+    if isinstance(value, str) and len(value) > 64:
+        raise CampaignNotFoundError(f"no campaign {value[:64]!r}... (not a UUID)")
+    try:
+        return str(uuid.UUID(value.strip() if isinstance(value, str) else value))
+    except (ValueError, AttributeError, TypeError):
+        raise CampaignNotFoundError(f"no campaign {value!r} (not a UUID)") from None
+
+
 def is_storable_text(text: str) -> bool:
     """Whether PostgreSQL can store `text`: no NUL character, and encodable as UTF-8 (no unpaired surrogate)."""
     if "\x00" in text:
@@ -257,10 +274,7 @@ def enqueue_campaign(
     EnqueueError
         Some messages could not be sent; their rows stay `ready` and the message says how to finish.
     """
-    try:
-        campaign_id = str(uuid.UUID(campaign_id))
-    except (ValueError, AttributeError, TypeError):
-        raise CampaignNotFoundError(f"no campaign {campaign_id!r} (not a UUID)") from None
+    campaign_id = canonical_campaign_id(campaign_id)
     if repository.campaign_status(conn, campaign_id) is None:
         raise CampaignNotFoundError(f"no campaign {campaign_id}")
     enqueue_id = enqueue_id or uuid.uuid4().hex

@@ -9,7 +9,6 @@ import re
 import signal
 import sys
 import textwrap
-import uuid
 from contextlib import contextmanager
 
 from sendonce import __version__
@@ -143,10 +142,9 @@ def _conn():
 
 def _campaign_id(value: str) -> str:
     """The canonical form of a campaign id; anything else is an unknown campaign (exit 2), before any setup."""
-    try:
-        return str(uuid.UUID(value.strip()))
-    except ValueError:
-        raise CampaignNotFoundError(f"no campaign {value!r} (not a UUID)") from None
+    from sendonce.campaigns import canonical_campaign_id
+
+    return canonical_campaign_id(value)
 
 
 def _cmd_migrate(args: argparse.Namespace) -> int:

@@ -7,25 +7,15 @@ import uuid
 import psycopg
 
 from sendonce import campaigns
-from sendonce.errors import CampaignInputError, CampaignNotFoundError, CampaignStateError
+from sendonce.campaigns import canonical_campaign_id
 from sendonce.config import get_settings
+from sendonce.errors import CampaignInputError, CampaignNotFoundError, CampaignStateError
 from sendonce.observability import gauge, logger
 from sendonce.repository import control as repository
 
 COUNTER_KEYS = ("recipients", "pending", "sent", "delivered", "read", "failed", "cancelled")
 # Most rows a listing returns: each campaign is counted on the fly.
 MAX_LIST = 1000
-
-
-def _check_id(campaign_id: str) -> str:
-    """The canonical spelling of a campaign id (uuid.UUID takes braces, "urn:uuid:", no hyphens; PostgreSQL
-    not all of them), so every statement and message of one action uses the same id."""
-    if isinstance(campaign_id, str) and len(campaign_id) > 64:
-        raise CampaignNotFoundError(f"no campaign {campaign_id[:64]!r}... (not a UUID)")
-    try:
-        return str(uuid.UUID(campaign_id.strip() if isinstance(campaign_id, str) else campaign_id))
-    except (ValueError, AttributeError, TypeError):
-        raise CampaignNotFoundError(f"no campaign {campaign_id!r} (not a UUID)") from None
 
 
 def status(conn: psycopg.Connection, campaign_id: str) -> dict:
@@ -36,7 +26,7 @@ def status(conn: psycopg.Connection, campaign_id: str) -> dict:
     CampaignNotFoundError
         No campaign has that id.
     """
-    campaign_id = _check_id(campaign_id)
+    campaign_id = canonical_campaign_id(campaign_id)
     row = repository.counters(conn, campaign_id)
     if row is None:
         raise CampaignNotFoundError(f"no campaign {campaign_id}")
@@ -77,7 +67,7 @@ def check_limit(limit: int, name: str = "limit") -> int:
 
 def _change(conn: psycopg.Connection, statement: str, campaign_id: str, action: str, allowed: str, **params) -> tuple:
     """Run a control statement; return what it counted after the status it found (rows or campaigns changed, ...)."""
-    campaign_id = _check_id(campaign_id)
+    campaign_id = canonical_campaign_id(campaign_id)
     result = repository.change_campaign(conn, statement, campaign_id, **params)
     if result is None:
         raise CampaignNotFoundError(f"no campaign {campaign_id}")
@@ -90,21 +80,21 @@ def _change(conn: psycopg.Connection, statement: str, campaign_id: str, action: 
 
 def pause(conn: psycopg.Connection, campaign_id: str, reason: str = "paused by operator") -> dict:
     """Pause a running campaign (pausing a paused one is a no-op); the sender acknowledges its messages unsent."""
-    campaign_id = _check_id(campaign_id)
+    campaign_id = canonical_campaign_id(campaign_id)
     _change(conn, repository.PAUSE_CAMPAIGN, campaign_id, "pause", "running|paused", reason=reason)
     return status(conn, campaign_id)
 
 
 def resume(conn: psycopg.Connection, campaign_id: str, queue_url: str) -> dict:
     """Resume a paused (or running) campaign and enqueue its `ready` rows, which the pause left unsent."""
-    campaign_id = _check_id(campaign_id)
+    campaign_id = canonical_campaign_id(campaign_id)
     _change(conn, repository.RESUME_CAMPAIGN, campaign_id, "resume", "paused|running")
     return {**status(conn, campaign_id), "enqueued": campaigns.enqueue_campaign(conn, campaign_id, queue_url)}
 
 
 def cancel(conn: psycopg.Connection, campaign_id: str) -> dict:
     """Cancel: pending rows become `cancelled`; a send already in flight finishes and is counted."""
-    campaign_id = _check_id(campaign_id)
+    campaign_id = canonical_campaign_id(campaign_id)
     (rows,) = _change(conn, repository.CANCEL_CAMPAIGN, campaign_id, "cancel", "running|paused|draft|scheduled|cancelled")
     return {**status(conn, campaign_id), "rows_cancelled": rows}
 
@@ -117,7 +107,7 @@ def retry_failed(conn: psycopg.Connection, campaign_id: str, queue_url: str, inc
     Meta may have accepted their first send, so a resend may reach the recipient twice. Every ready row is
     enqueued, not only those retried now, so running it again after an error finishes the job.
     """
-    campaign_id = _check_id(campaign_id)
+    campaign_id = canonical_campaign_id(campaign_id)
     enqueue_id = uuid.uuid4().hex
     rows, unconfirmed = _change(
         conn, repository.RETRY_FAILED, campaign_id, "retry failed rows of", "running|paused|completed",
@@ -136,7 +126,7 @@ def recompute(conn: psycopg.Connection, campaign_id: str | None = None) -> list[
     counters unchanged for STALLED_AFTER_SECONDS) are counted in the CampaignsWithoutProgress metric.
     """
     campaigns = repository.recompute_counters(
-        conn, _check_id(campaign_id) if campaign_id else None, get_settings().stalled_after_seconds
+        conn, canonical_campaign_id(campaign_id) if campaign_id else None, get_settings().stalled_after_seconds
     )
     stalled = [campaign for campaign, _, is_stalled in campaigns if is_stalled]
     if stalled:
