@@ -60,18 +60,14 @@ from __future__ import annotations
 import base64
 import bisect
 import re
-import threading
-import time
 import uuid
 from collections.abc import Callable
 from decimal import Context, Decimal, InvalidOperation
 from functools import lru_cache
 from typing import Any
 
-from sendonce.local.http_server import AwsJsonServer, serve_until_stdin_closes
+from sendonce.local.http_server import ACCOUNT_ID, REGION, AwsJsonServer, serve_until_stdin_closes
 
-ACCOUNT_ID = "123456789012"
-REGION = "us-east-1"
 TARGET_PREFIX = "DynamoDB_20120810."
 ERROR_PREFIX = "com.amazonaws.dynamodb.v20120810#"
 
@@ -954,12 +950,8 @@ class LocalDynamoDbServer(AwsJsonServer):
     def __init__(
         self, account_id: str = ACCOUNT_ID, region: str = REGION, clock: Callable[[], float] | None = None
     ) -> None:
-        self.account_id = account_id
-        self.region = region
-        self._clock = clock or time.time
-        self._lock = threading.Lock()
+        super().__init__(account_id, region, clock)
         self._tables: dict[str, _Table] = {}
-        super().__init__()
         self._operations: dict[str, Callable[[dict], dict]] = {
             "CreateTable": self._create_table,
             "DescribeTable": self._describe_table,

@@ -8,7 +8,9 @@ import signal
 import socket
 import sys
 import threading
+import time
 import uuid
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Self
 
@@ -41,6 +43,10 @@ def serve_until_stdin_closes(server) -> None:
     server.stop()
 
 
+ACCOUNT_ID = "123456789012"
+REGION = "us-east-1"
+
+
 class AwsJsonServer:
     """A stand-in for an AWS service that speaks its JSON protocol (POST /, `X-Amz-Target: <prefix><Operation>`).
 
@@ -51,7 +57,13 @@ class AwsJsonServer:
 
     target_prefix = ""
 
-    def __init__(self) -> None:
+    def __init__(
+        self, account_id: str = ACCOUNT_ID, region: str = REGION, clock: Callable[[], float] | None = None
+    ) -> None:
+        self.account_id = account_id  # what URLs and ARNs name
+        self.region = region
+        self._clock = clock or time.time  # seconds since the epoch; a test may drive time itself
+        self._lock = threading.Lock()  # the service's state
         self._connections: set[socket.socket] = set()
         self._connections_lock = threading.Lock()
         self._thread: threading.Thread | None = None

@@ -62,15 +62,12 @@ import re
 import secrets
 import struct
 import threading
-import time
 import uuid
 from collections.abc import Callable
 from typing import Any
 
-from sendonce.local.http_server import AwsJsonServer, serve_until_stdin_closes
+from sendonce.local.http_server import ACCOUNT_ID, REGION, AwsJsonServer, serve_until_stdin_closes
 
-ACCOUNT_ID = "123456789012"
-REGION = "us-east-1"
 SENDER_ID = "AIDAIT2UOQQY3AUEKVGXU"  # what moto gives: a user id shaped like AWS's
 
 MAX_BATCH_ENTRIES = 10
@@ -470,14 +467,10 @@ class LocalSqsServer(AwsJsonServer):
     def __init__(
         self, account_id: str = ACCOUNT_ID, region: str = REGION, clock: Callable[[], float] | None = None
     ) -> None:
-        self.account_id = account_id
-        self.region = region
-        self._clock = clock or time.time
-        self._lock = threading.Lock()
+        super().__init__(account_id, region, clock)
         self._queues: dict[str, _Queue] = {}
         self._queues_by_arn: dict[str, _Queue] = {}
         self._stopping = False
-        super().__init__()
         self._operations: dict[str, Callable[[dict], dict]] = {
             "CreateQueue": self._create_queue,
             "GetQueueUrl": self._get_queue_url,
