@@ -22,7 +22,7 @@ from pathlib import Path
 from sendonce import campaigns, contacts, db
 from sendonce.local.stack import LocalStack
 from sendonce.repository.control import counters as read_counters
-from sendonce.repository.control import row_outcomes, stored_totals
+from sendonce.repository.control import recompute_counters, row_outcomes, stored_totals
 
 PHONE_NUMBER_ID = "106540352242922"
 CHAOS_RATE = 0.1
@@ -185,8 +185,6 @@ def _wait_for_end(stack: LocalStack, conn, campaign_id: str, deadline: float, st
         if counters["pending"] == 0 and counters["status"] == "completed":
             stack.graph.wait_statuses_delivered(timeout=max(deadline - time.monotonic(), 1))
             # One more recompute, so the stored totals include the last statuses.
-            from sendonce.repository.control import recompute_counters
-
             recompute_counters(conn, campaign_id)
             return True
         time.sleep(0.5)
