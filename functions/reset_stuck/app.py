@@ -1,4 +1,5 @@
-"""reset_stuck Lambda (EventBridge Scheduler): stuck `processing` rows follow AMBIGUOUS_POLICY."""
+"""reset_stuck Lambda (EventBridge Scheduler): stuck `processing` rows follow AMBIGUOUS_POLICY; campaigns whose
+pause is over resume (auto_resume); rows whose wait is over are enqueued."""
 
 from __future__ import annotations
 
@@ -16,4 +17,5 @@ if TYPE_CHECKING:
 @metrics.log_metrics(raise_on_empty_metrics=False)
 @tracer.capture_lambda_handler(capture_response=False)
 def lambda_handler(event: dict, context: LambdaContext) -> dict:
-    return recovery.reset_stuck(get_conn())
+    conn = get_conn()
+    return {**recovery.reset_stuck(conn), **recovery.unblock(conn)}

@@ -36,6 +36,8 @@ COMMAND_LINES = {
     "recompute": ["recompute"],
     "dlq list": ["dlq", "list"],
     "dlq redrive": ["dlq", "redrive"],
+    "limit set": ["limit", "set", "123456", "1000"],
+    "limit show": ["limit", "show"],
 }
 
 
@@ -353,7 +355,8 @@ def test_reset_stuck_and_recompute_print_lines_and_json_on_request(pg_conn, aws,
     assert capsys.readouterr().out == "reset-stuck: no stuck rows\n"
     assert main(["reset-stuck", "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == {
-        "reset": 0, "resent_without_evidence": 0, "recovered": 0, "failed": 0, "cancelled": 0, "enqueued": 0
+        "reset": 0, "resent_without_evidence": 0, "recovered": 0, "failed": 0, "cancelled": 0, "enqueued": 0,
+        "resumed": [], "released": 0,
     }
     assert main(["recompute"]) == 0
     assert capsys.readouterr().out == "recomputed 1 campaigns, 0 completed\n"
@@ -455,11 +458,13 @@ def test_dry_run_needs_no_setup_and_prints_what_would_be_created(contacts_csv, c
     )
     assert out[1:3] == ["  line 4: '*2345': not a valid number for its country",
                         "  line 5: '*******2671': 3 fields, the header has 2"]
-    assert "DATABASE_URL" in out[3]
+    assert out[3] == "template not checked: WHATSAPP_BUSINESS_ACCOUNT_ID is not set"
+    assert "DATABASE_URL" in out[4]
     assert preview == {
         "campaign_id": None, "recipients": 2, "invalid": 2, "duplicates": 1, "enqueued": 0, "dry_run": True,
         "invalid_rows": [{"line": 4, "value": "*2345", "reason": "not a valid number for its country"},
                          {"line": 5, "value": "*******2671", "reason": "3 fields, the header has 2"}],
+        "template_check": {"outcome": "skipped", "message": "template not checked: WHATSAPP_BUSINESS_ACCOUNT_ID is not set"},
     }
 
 

@@ -34,7 +34,7 @@ import boto3
 from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response, content_types
 from aws_lambda_powertools.event_handler.exceptions import NotFoundError
 
-from sendonce import campaigns, contacts, control, s3
+from sendonce import campaigns, contacts, control, s3, templates
 from sendonce.config import require, send_queue_url
 from sendonce.db import get_conn
 from sendonce.errors import (
@@ -44,6 +44,7 @@ from sendonce.errors import (
     ContactsError,
     DatabaseError,
     EnqueueError,
+    GraphUnavailableError,
 )
 from sendonce.observability import logger
 from sendonce.repository.campaigns import campaign_status as stored_status
@@ -142,7 +143,7 @@ def _conflict(exc: Exception) -> Response:
     return _error(HTTPStatus.CONFLICT, "conflict", str(exc))
 
 
-@app.exception_handler([DatabaseError, EnqueueError])
+@app.exception_handler([DatabaseError, EnqueueError, GraphUnavailableError])
 def _unavailable(exc: Exception) -> Response:
     logger.error("request failed", error=str(exc))
     return _error(HTTPStatus.SERVICE_UNAVAILABLE, "unavailable", str(exc))
@@ -265,9 +266,17 @@ def _new_campaign(body: dict, campaign_id: str | None) -> campaigns.NewCampaign:
         **{field: body[key] for key, field in fields.items()},
         components=_check_components(body.get("components", [])),
         id=campaign_id or str(uuid.uuid4()),
+        auto_resume=_flag(body, "auto_resume"),
     )
     new.validate()
     return new
+
+
+def _flag(body: dict, name: str) -> bool:
+    value = body.get(name, False)
+    if not isinstance(value, bool):
+        raise RequestError(f"{name} must be true or false")
+    return value
 
 
 def _replayed(created: campaigns.CreatedCampaign) -> Response:
@@ -295,8 +304,12 @@ def create_campaign() -> Response:
             raise CampaignStateError(f"campaign {new.id} already exists")
         # Fail fast on a file that cannot be a contact list; the rows are read by the asynchronous job. The
         # error never quotes the header: the caller may not be allowed to read the object.
-        contacts.check_header(s3.csv_lines(**location), source=_source(location), echo_header=False)
-        _start_job({"campaign": _job_campaign(new), "contacts_s3": location, "default_country": region})
+        param_count = contacts.check_header(s3.csv_lines(**location), source=_source(location), echo_header=False)
+        # The template is checked now too, so that a refusal is this request's answer, not a failed job's.
+        templates.preflight(get_conn(), new.template_name, new.language_code, param_count, new.components,
+                            _flag(body, "allow_unchecked_template"))
+        _start_job({"campaign": _job_campaign(new), "contacts_s3": location, "default_country": region,
+                    "allow_unchecked_template": _flag(body, "allow_unchecked_template")})
         return _json(HTTPStatus.ACCEPTED, {"campaign_id": new.id, "status": "creating", "location": f"/campaigns/{new.id}"})
     contact_list = contacts.from_records(
         body["contacts"], default_region=region, max_invalid=contacts.LISTED_INVALID_ROWS
@@ -304,7 +317,8 @@ def create_campaign() -> Response:
     if key is not None and (replayed := campaigns.replay_create(get_conn(), new, contact_list)) is not None:
         return _replayed(replayed)
     try:
-        created = campaigns.create_campaign(get_conn(), new, contact_list, send_queue_url())
+        created = campaigns.create_campaign(get_conn(), new, contact_list, send_queue_url(),
+                                            allow_unchecked_template=_flag(body, "allow_unchecked_template"))
     except CampaignStateError:
         # The same key created concurrently (a retry racing the first request): answer as for a retry.
         if key is None or (replayed := campaigns.replay_create(get_conn(), new, contact_list)) is None:
@@ -335,6 +349,7 @@ def _job_campaign(new: campaigns.NewCampaign) -> dict:
         "language_code": new.language_code,
         "phone_number_id": new.phone_number_id,
         "components": list(new.components),
+        "auto_resume": new.auto_resume,
     }
 
 
@@ -377,7 +392,8 @@ def run_job(event: dict) -> dict:
             max_invalid=contacts.LISTED_INVALID_ROWS, echo_header=False,
         )
         try:
-            created = campaigns.create_campaign(get_conn(), new, contact_list, send_queue_url())
+            created = campaigns.create_campaign(get_conn(), new, contact_list, send_queue_url(),
+                                                allow_unchecked_template=event.get("allow_unchecked_template") is True)
         except CampaignStateError:
             # A retried job after the campaign was written, if it is the same campaign (else this raises):
             # finish the enqueue, which is harmless to repeat (the sender's claim sends each row once).
@@ -405,6 +421,7 @@ def _job_input(event: dict) -> tuple[campaigns.NewCampaign, dict, str | None]:
         **{name: job_campaign[name] for name in fields},
         components=_check_components(job_campaign.get("components", [])),
         id=canonical_id(job_campaign.get("id"), "job campaign id"),
+        auto_resume=job_campaign.get("auto_resume") is True,
     )
     new.validate()
     region = event.get("default_country")
@@ -430,7 +447,9 @@ def pause(campaign_id: str) -> Response:
 
 @app.post("/campaigns/<campaign_id>/resume")
 def resume(campaign_id: str) -> Response:
-    return _json(HTTPStatus.OK, control.resume(get_conn(), campaign_id, send_queue_url()))
+    """Resume; `?force=true` even while the template is known to be paused (see control.resume)."""
+    force = (app.current_event.query_string_parameters or {}).get("force") == "true"
+    return _json(HTTPStatus.OK, control.resume(get_conn(), campaign_id, send_queue_url(), force=force))
 
 
 @app.post("/campaigns/<campaign_id>/cancel")

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import psycopg
 
-from sendonce import db, sqs
+from sendonce import db, messaging_limit, sqs, templates
 from sendonce.contacts import ContactList, InvalidRow, no_valid_contacts
 from sendonce.errors import (
     CampaignInputError,
@@ -21,6 +21,7 @@ from sendonce.errors import (
 from sendonce.models import QueueMessage
 from sendonce.observability import logger
 from sendonce.repository import campaigns as repository
+from sendonce.templates import TemplateCheck
 
 # Matched whole (fullmatch): "$" alone also matches before a final newline. ASCII only: str.isdigit and \d also
 # take other scripts' digits, which Meta would refuse (or PostgreSQL would store as some other id).
@@ -40,6 +41,8 @@ class NewCampaign:
     phone_number_id: str
     components: tuple[dict, ...] = ()
     id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    # Resume by itself when what paused it is over (its template approved again, a spam-limit pause ended).
+    auto_resume: bool = False
 
     def validate(self) -> None:
         """Raise `CampaignInputError` naming the first bad field."""
@@ -106,6 +109,8 @@ class CreatedCampaign:
     duplicates: int
     enqueued: int
     invalid_count: int | None = None
+    template_check: TemplateCheck | None = None
+    messaging_limit: dict | None = None
 
     def as_json(self, max_rows: int | None = None) -> dict:
         """The contract's `campaign create --json` object.
@@ -126,6 +131,8 @@ class CreatedCampaign:
             "enqueued": self.enqueued,
             "invalid_rows": [{"line": r.line, "value": r.value, "reason": r.reason} for r in listed],
             **({"invalid_rows_truncated": len(listed) < total} if max_rows is not None else {}),
+            **({"template_check": self.template_check.as_json()} if self.template_check else {}),
+            **({"messaging_limit": self.messaging_limit} if self.messaging_limit else {}),
         }
 
 
@@ -135,8 +142,10 @@ def create_campaign(
     contacts: ContactList,
     queue_url: str,
     on_progress: Callable[[int], None] | None = None,
+    allow_unchecked_template: bool = False,
 ) -> CreatedCampaign:
-    """Create a campaign with one `ready` row per unique contact, then enqueue every row.
+    """Check the template, create a campaign with one `ready` row per unique contact, then enqueue the rows that fit
+    in the portfolio's messaging limit now (the others wait for their room).
 
     Parameters
     ----------
@@ -150,11 +159,15 @@ def create_campaign(
         The SQS send queue.
     on_progress
         Called with the number of messages of each finished SendMessageBatch.
+    allow_unchecked_template
+        Create it even when the Graph API cannot be asked about the template (said in `template_check`).
 
     Raises
     ------
     CampaignInputError, ContactsError
-        Before anything is written.
+        Before anything is written (TemplateError: the template cannot send it).
+    GraphUnavailableError
+        The template could not be checked (nothing was written).
     EnqueueError
         After the rows were written, when some could not be enqueued: they stay `ready`, and
         `sendonce campaign enqueue ID` finishes the job.
@@ -162,6 +175,12 @@ def create_campaign(
     campaign.validate()
     if not contacts.contacts:
         raise no_valid_contacts(contacts, inline=True)
+    check = templates.preflight(
+        conn, campaign.template_name, campaign.language_code, contacts.param_count, campaign.components,
+        allow_unchecked_template,
+    )
+    limit_note = messaging_limit.refresh_from_graph(conn, campaign.phone_number_id)
+    before = messaging_limit.usage(conn, campaign.phone_number_id)
     # One spelling of the id everywhere (uuid.UUID also takes braces, "urn:uuid:" and bare hex; PostgreSQL not all).
     campaign_id = str(uuid.UUID(campaign.id))
     fields = {
@@ -172,6 +191,7 @@ def create_campaign(
         "phone_number_id": campaign.phone_number_id,
         "components": list(campaign.components),
         "total_recipients": len(contacts.contacts),
+        "auto_resume": campaign.auto_resume,
     }
     try:
         repository.insert_campaign(conn, fields, ((c.phone, c.params) for c in contacts.contacts))
@@ -186,12 +206,16 @@ def create_campaign(
         invalid=contacts.invalid_count,
         duplicates=contacts.duplicates,
     )
+    limit = messaging_limit.forecast(before, len(contacts.contacts), *messaging_limit.place_in_line(conn, campaign_id))
+    if limit_note:
+        limit["note"] = limit_note
     # A new campaign's rows have no other message: their enqueue_id stays NULL (any of theirs is current).
     enqueue_id = uuid.uuid4().hex
     messages = (QueueMessage(i, campaign_id, enqueue_id) for i in repository.ready_row_ids(conn, campaign_id))
     enqueued = _enqueue(campaign_id, queue_url, messages, on_progress)
     return CreatedCampaign(
-        campaign_id, len(contacts.contacts), contacts.invalid, contacts.duplicates, enqueued, contacts.invalid_count
+        campaign_id, len(contacts.contacts), contacts.invalid, contacts.duplicates, enqueued, contacts.invalid_count,
+        check, limit,
     )
 
 
@@ -278,6 +302,7 @@ def enqueue_campaign(
     if repository.campaign_status(conn, campaign_id) is None:
         raise CampaignNotFoundError(f"no campaign {campaign_id}")
     enqueue_id = enqueue_id or uuid.uuid4().hex
+    messaging_limit.place_in_line(conn, campaign_id)  # rows beyond the room left wait, without a message
     messages = (QueueMessage(i, campaign_id, enqueue_id) for i in repository.mark_ready_rows(conn, campaign_id, enqueue_id))
     return _enqueue(campaign_id, queue_url, messages, on_progress)
 

@@ -54,10 +54,17 @@ ENVIRONMENT: dict[str, tuple[str, ...]] = {
     "reset-stuck": ("DATABASE_URL", "SEND_QUEUE_URL", "IDEMPOTENCY_TABLE", AWS),
     "recompute": ("DATABASE_URL",),
     "dlq list": ("DATABASE_URL",),
+    "limit set": ("DATABASE_URL",),
+    "limit show": ("DATABASE_URL",),
     "dlq redrive": ("DLQ_URL", "SEND_QUEUE_URL", AWS),
 }
 # Settings a command reads when they are set (defaults: the README's configuration table).
-OPTIONAL_ENVIRONMENT = {"reset-stuck": ("STUCK_AFTER_SECONDS", "AMBIGUOUS_POLICY")}
+OPTIONAL_ENVIRONMENT = {
+    "reset-stuck": ("STUCK_AFTER_SECONDS", "AMBIGUOUS_POLICY"),
+    # The template preflight and the messaging limit read the Graph API when the WABA is set.
+    "campaign create": ("WHATSAPP_BUSINESS_ACCOUNT_ID", "WHATSAPP_ACCESS_TOKEN", "WHATSAPP_API_BASE_URL",
+                        "MESSAGING_WINDOW_SECONDS"),
+}
 MAX_LOCAL_CONTACTS = 200_000
 LOCAL_HINT = "for a local stack, `sendonce local up` prints the variables to export"
 # The HTTP API's error codes (api.py), reused by --json errors so that scripts handle both alike.
@@ -180,6 +187,7 @@ def _cmd_campaign_create(args: argparse.Namespace) -> int:
     # The arguments and the file first: bad input is reported before any setup is needed or anything is written.
     campaign = campaigns.NewCampaign(
         name=args.name, template_name=args.template, language_code=args.language, phone_number_id=args.phone_number_id,
+        components=_header_media(args.header_media), auto_resume=args.auto_resume,
         **({"id": args.id} if args.id else {}),
     )
     campaign.validate()
@@ -188,12 +196,15 @@ def _cmd_campaign_create(args: argparse.Namespace) -> int:
     if not contact_list.contacts:
         raise contacts.no_valid_contacts(contact_list, args.contacts)
     if args.dry_run:
-        return _dry_run(args, contact_list)
+        return _dry_run(args, contact_list, campaign)
     check_environment("campaign create")
     queue_url = send_queue_url()
     conn = _conn()
     with _progress(len(contact_list.contacts), "enqueue", sys.stderr.isatty()) as bar:
-        created = campaigns.create_campaign(conn, campaign, contact_list, queue_url, on_progress=bar.update)
+        created = campaigns.create_campaign(
+            conn, campaign, contact_list, queue_url, on_progress=bar.update,
+            allow_unchecked_template=args.allow_unchecked_template,
+        )
     if args.json:
         print(json.dumps(created.as_json()))
         return 0
@@ -201,17 +212,39 @@ def _cmd_campaign_create(args: argparse.Namespace) -> int:
         f"campaign {created.campaign_id}: {created.recipients} recipients, {len(created.invalid)} invalid, "
         f"{created.duplicates} duplicates, {created.enqueued} enqueued"
     )
+    if created.template_check:
+        print(f"  {created.template_check.message}")
+    if created.messaging_limit:
+        print(f"  {created.messaging_limit['message']}")
     _print_invalid(created.invalid)
     return 0
 
 
-def _dry_run(args: argparse.Namespace, contact_list) -> int:
-    """Print what `campaign create` would do with these arguments and this file; nothing is read or written."""
+def _header_media(value: str | None) -> tuple[dict, ...]:
+    """--header-media KIND:URL as the template's header component."""
+    if not value:
+        return ()
+    kind, _, url = value.partition(":")
+    kind = kind.strip().lower()
+    if kind not in ("image", "video", "document") or not url.startswith("https://") or len(url) > 2000:
+        raise CampaignInputError(f"--header-media must be image:, video: or document: and an https:// URL, got {value[:80]!r}")
+    return ({"type": "header", "parameters": [{"type": kind, kind: {"link": url}}]},)
+
+
+def _dry_run(args: argparse.Namespace, contact_list, campaign) -> int:
+    """Print what `campaign create` would do with these arguments and this file; nothing is written, and only the
+    Graph API is read (the template, when WHATSAPP_BUSINESS_ACCOUNT_ID is set)."""
+    from sendonce import templates
     from sendonce.campaigns import CreatedCampaign
 
     campaign_id = _campaign_id(args.id) if args.id else None
+    check = templates.preflight(
+        None, campaign.template_name, campaign.language_code, contact_list.param_count, campaign.components,
+        args.allow_unchecked_template,
+    )
     preview = CreatedCampaign(
-        campaign_id, len(contact_list.contacts), contact_list.invalid, contact_list.duplicates, enqueued=0
+        campaign_id, len(contact_list.contacts), contact_list.invalid, contact_list.duplicates, enqueued=0,
+        template_check=check,
     )
     if args.json:
         print(json.dumps({**preview.as_json(), "dry_run": True}))
@@ -222,6 +255,7 @@ def _dry_run(args: argparse.Namespace, contact_list) -> int:
         f"{_count(preview.duplicates, 'duplicate')} collapsed; nothing was written"
     )
     _print_invalid(preview.invalid)
+    print(check.message)
     needs = [name if name != AWS else "an AWS region and credentials" for name in ENVIRONMENT["campaign create"]]
     print(f"without --dry-run it needs {_joined(needs)}")
     return 0
@@ -248,6 +282,29 @@ def _print_status(counters: dict) -> None:
 
     print("  " + "  ".join(f"{k:>10}" for k in COUNTER_KEYS))
     print("  " + "  ".join(f"{counters[k]:>10,}" for k in COUNTER_KEYS))
+    for line in _meta_lines(counters):
+        print(f"  {line}")
+
+
+def _meta_lines(counters: dict) -> list[str]:
+    """What Meta's limits do to the campaign, one line each (control.status's meta state)."""
+    lines = []
+    if counters.get("status") == "paused" and counters.get("paused_until"):
+        auto = "; it resumes by itself then" if counters.get("auto_resume") else ""
+        lines.append(f"paused until about {counters['paused_until']}{auto}")
+    template = counters.get("template") or {}
+    if template.get("status") not in (None, "APPROVED"):
+        lines.append(f"template {template['name']} ({template['language']}): {template['status']}"
+                     + (f" ({template['reason']})" if template.get("reason") else ""))
+    limit = counters.get("messaging_limit")
+    if limit:
+        lines.append(limit["message"])
+    for wait in counters.get("waiting") or []:
+        if wait["reason"] != "messaging limit":
+            lines.append(f"{_count(wait['rows'], 'row')} wait: {wait['reason']}, until {wait['last']}")
+    for answer in counters.get("not_now") or []:
+        lines.append(f"{_count(answer['rows'], 'row')} {answer['status']} with {answer['code']}: {answer['title']}")
+    return lines
 
 
 def _cmd_campaign_status(args: argparse.Namespace) -> int:
@@ -285,7 +342,7 @@ def _cmd_campaign_control(args: argparse.Namespace) -> int:
     if action == "pause":
         result = control.pause(conn, args.campaign_id)
     elif action == "resume":
-        result = control.resume(conn, args.campaign_id, send_queue_url())
+        result = control.resume(conn, args.campaign_id, send_queue_url(), force=args.force)
     elif action == "cancel":
         result = control.cancel(conn, args.campaign_id)
     else:
@@ -303,10 +360,15 @@ def _cmd_reset_stuck(args: argparse.Namespace) -> int:
     from sendonce import recovery
     from sendonce.config import get_settings
 
-    result = recovery.reset_stuck(_conn())
+    conn = _conn()
+    result = recovery.reset_stuck(conn)
+    unblocked = recovery.unblock(conn)
     if args.json:
-        print(json.dumps(result))
+        print(json.dumps({**result, **unblocked}))
         return 0
+    if unblocked["resumed"] or unblocked["released"]:
+        print(f"reset-stuck: {_count(len(unblocked['resumed']), 'campaign')} resumed (auto-resume), "
+              f"{_count(unblocked['released'], 'waiting row')} enqueued")
     if not any(result.values()):
         print("reset-stuck: no stuck rows")
         return 0
@@ -340,6 +402,38 @@ def _cmd_recompute(args: argparse.Namespace) -> int:
         print(f"recomputed {len(campaigns)} campaigns, {completed} completed")
         for campaign_id in stalled:
             print(f"  campaign {campaign_id} is running with rows pending and its counters have not moved")
+    return 0
+
+
+def _cmd_limit_set(args: argparse.Namespace) -> int:
+    from sendonce import messaging_limit
+
+    result = messaging_limit.set_limit(_conn(), args.phone_number_id, args.value, args.portfolio)
+    if args.json:
+        print(json.dumps(result))
+    elif not result["known"]:
+        print(f"messaging limit of {args.phone_number_id}: unknown (its campaigns are not held back)")
+    else:
+        print(f"messaging limit of {args.phone_number_id} (portfolio {result['portfolio_id']}): "
+              f"{messaging_limit.tier_name(result['limit'])}")
+    return 0
+
+
+def _cmd_limit_show(args: argparse.Namespace) -> int:
+    from sendonce import messaging_limit
+    from sendonce.repository import meta
+
+    conn = _conn()
+    numbers = [args.phone_number_id] if args.phone_number_id else [r["phone_number_id"] for r in meta.limits(conn)]
+    shown = [{"phone_number_id": n, **messaging_limit.usage(conn, n)} for n in numbers]
+    if args.json:
+        print(json.dumps(shown))
+        return 0
+    if not shown:
+        print(f"no messaging limit is known: campaigns are not held back ({messaging_limit.UNKNOWN})")
+    for limit in shown:
+        print(f"{limit['phone_number_id']}: {limit['message']}"
+              + (f", next room at {limit['next_room_at']}" if limit.get("next_room_at") else ""))
     return 0
 
 
@@ -485,8 +579,21 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument(
         "--dry-run",
         action="store_true",
-        help="check the file and the arguments and print what would be created; needs no database, queue or AWS, "
+        help="check the file, the arguments and (with WHATSAPP_BUSINESS_ACCOUNT_ID) the template, and print what "
+        "would be created; needs no database, queue or AWS, "
         "writes nothing (exit 0 if there is a valid contact, else 2)",
+    )
+    create.add_argument(
+        "--header-media", metavar="KIND:URL",
+        help="the header media of a template with an IMAGE, VIDEO or DOCUMENT header, e.g. image:https://...",
+    )
+    create.add_argument(
+        "--auto-resume", action="store_true",
+        help="resume by itself when what paused it is over (its template approved again, a spam-limit pause ended)",
+    )
+    create.add_argument(
+        "--allow-unchecked-template", action="store_true",
+        help="create it even when the Graph API cannot be reached to check the template (said in the output)",
     )
     create.add_argument("--json", action="store_true", help="print one JSON object")
     # The environment is checked after the file is read (see _cmd_campaign_create), and not for --dry-run.
@@ -521,7 +628,14 @@ def build_parser() -> argparse.ArgumentParser:
         control = campaign.add_parser(action, **_help(f"campaign {action}", text))
         control.add_argument("campaign_id")
         control.add_argument("--json", action="store_true", help="print one JSON object")
-        control.set_defaults(func=_cmd_campaign_control, include_unconfirmed=False, environment=f"campaign {action}")
+        control.set_defaults(func=_cmd_campaign_control, include_unconfirmed=False, force=False,
+                             environment=f"campaign {action}")
+        if action == "resume":
+            control.add_argument(
+                "--force", action="store_true",
+                help="resume even while its template is known to be paused, disabled or rejected (when the webhook "
+                "that approved it again never came)",
+            )
         if action == "retry-failed":
             control.add_argument(
                 "--include-unconfirmed",
@@ -540,6 +654,22 @@ def build_parser() -> argparse.ArgumentParser:
     recompute.set_defaults(func=_cmd_recompute, environment="recompute")
 
     dlq = commands.add_parser("dlq", help="messages whose retries ran out").add_subparsers(dest="action", required=True)
+    limits = commands.add_parser(
+        "limit", help="the business portfolio's messaging limit, per phone number"
+    ).add_subparsers(dest="action", required=True)
+    limit_set = limits.add_parser("set", **_help("limit set", "set a number's messaging limit (users per 24 h)"))
+    limit_set.add_argument("phone_number_id")
+    limit_set.add_argument("value", metavar="LIMIT", help="a number of users, a tier (TIER_2K ... TIER_UNLIMITED), unlimited, or "
+                           "unknown (forget it: campaigns are not held back)")
+    limit_set.add_argument("--portfolio", help="the business portfolio the number shares its limit with (default: "
+                           "WHATSAPP_BUSINESS_ACCOUNT_ID, else the number itself)")
+    limit_set.add_argument("--json", action="store_true", help="print one JSON object")
+    limit_set.set_defaults(func=_cmd_limit_set, environment="limit set")
+    limit_show = limits.add_parser("show", **_help("limit show", "the known limits and how much of them is used"))
+    limit_show.add_argument("phone_number_id", nargs="?")
+    limit_show.add_argument("--json", action="store_true", help="print a JSON array")
+    limit_show.set_defaults(func=_cmd_limit_show, environment="limit show")
+
     dlq_list = dlq.add_parser(
         "list", **_help("dlq list", "dead letters: DLQ messages that named no row or could not be read")
     )

@@ -46,6 +46,13 @@ class Settings:
     error_rate_threshold: float
     # None behind a pooler that does not support prepared statements (RDS Proxy in transaction mode, PgBouncer).
     pg_prepare_threshold: int | None
+    # Meta's limits (docs/meta-limits.md): the WABA whose templates the preflight reads; the messaging limit's
+    # moving window (24 h; shorter only to simulate time); how long a 131048 (spam rate limit) pauses a campaign;
+    # how long the preflight trusts a template it read.
+    whatsapp_business_account_id: str | None = None
+    messaging_window_seconds: float = 86_400.0
+    spam_pause_seconds: int = 3600
+    template_cache_seconds: int = 300
 
     def webhook_secret(self) -> str:
         """The app secret that signs webhook POSTs (resolved from Secrets Manager when an ARN); '' if unset."""
@@ -91,6 +98,14 @@ def _float(name: str, default: float, what: str = "a number of seconds", maximum
     return value
 
 
+def _digits(name: str) -> str | None:
+    """An id made of digits (Meta's ids), or None when unset."""
+    raw = os.environ.get(name, "").strip()
+    if raw and not (raw.isascii() and raw.isdigit() and len(raw) <= 32):
+        raise ConfigError(f"{name} must be digits (an id from WhatsApp Manager), got {raw[:40]!r}")
+    return raw or None
+
+
 def _prepare_threshold() -> int | None:
     raw = os.environ.get("PG_PREPARE_THRESHOLD", "").strip().lower()
     if raw in ("none", "off", "disabled"):
@@ -130,6 +145,10 @@ def get_settings() -> Settings:
         # A share of failures: above 1 could never be reached, so the error-rate pause would be silently off.
         error_rate_threshold=_float("ERROR_RATE_THRESHOLD", 0.5, "a share of failed sends", maximum=1.0),
         pg_prepare_threshold=_prepare_threshold(),
+        whatsapp_business_account_id=_digits("WHATSAPP_BUSINESS_ACCOUNT_ID"),
+        messaging_window_seconds=_float("MESSAGING_WINDOW_SECONDS", 86_400.0, maximum=30 * 86_400.0),
+        spam_pause_seconds=_int("SPAM_PAUSE_SECONDS", 3600, minimum=1),
+        template_cache_seconds=_int("TEMPLATE_CACHE_SECONDS", 300),
     )
     # reset_stuck treats a row as stuck after STUCK_AFTER_SECONDS: a window shorter than a sender may hold its
     # claim would resend a row whose first send is still waiting for its answer.

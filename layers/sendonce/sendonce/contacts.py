@@ -65,6 +65,11 @@ class ContactList:
     rejected: int = 0
 
     @property
+    def param_count(self) -> int:
+        """How many body parameters the contacts give (param1..paramN)."""
+        return max((len(c.params) for c in self.contacts), default=0)
+
+    @property
     def invalid_count(self) -> int:
         """How many rows were rejected, listed in `invalid` or not."""
         return max(self.rejected, len(self.invalid))
@@ -266,14 +271,14 @@ def parse_csv(
         raise ContactsError(f"{source} line {max(reader.line_num, 1)}: {exc}") from None
 
 
-def check_header(lines: Iterable[str], source: str = "contacts", echo_header: bool = True) -> None:
-    """Raise `ContactsError` unless the first line is a usable header (a `phone` column, param1..paramN).
+def check_header(lines: Iterable[str], source: str = "contacts", echo_header: bool = True) -> int:
+    """Raise `ContactsError` unless the first line is a usable header (a `phone` column, param1..paramN); return N.
 
     Without `echo_header` the message never quotes the header's cells.
     """
     reader = csv.reader(lines)
     try:
-        _header(reader, source, echo_header)
+        return len(_header(reader, source, echo_header)[1])
     except UnicodeDecodeError as exc:
         raise ContactsError(f"{source} is not UTF-8 text: save it as CSV UTF-8") from exc
     except csv.Error as exc:

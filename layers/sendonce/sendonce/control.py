@@ -6,7 +6,7 @@ import uuid
 
 import psycopg
 
-from sendonce import campaigns
+from sendonce import campaigns, messaging_limit
 from sendonce.campaigns import canonical_campaign_id
 from sendonce.config import get_settings
 from sendonce.errors import CampaignInputError, CampaignNotFoundError, CampaignStateError
@@ -30,7 +30,40 @@ def status(conn: psycopg.Connection, campaign_id: str) -> dict:
     row = repository.counters(conn, campaign_id)
     if row is None:
         raise CampaignNotFoundError(f"no campaign {campaign_id}")
-    return as_json(row)
+    return {**as_json(row), **_meta_state(conn, campaign_id)}
+
+
+NOT_NOW_TITLES = {
+    131049: "per-user marketing limit: Meta did not deliver, to keep engagement healthy (wait 24 h)",
+    130472: "user in Meta's marketing message experiment (a resend gets the same answer)",
+    131048: "spam rate limit on the number (check its quality in WhatsApp Manager)",
+}
+
+
+def _meta_state(conn: psycopg.Connection, campaign_id: str) -> dict:
+    """What Meta's limits do to the campaign: its pause, template, the messaging limit, waiting rows, "not now"."""
+    detail = repository.campaign_detail(conn, campaign_id, sorted(NOT_NOW_TITLES))
+    if detail is None:  # deleted meanwhile
+        return {}
+    limit = messaging_limit.usage(conn, detail["phone_number_id"])
+    waiting = detail["waiting"]
+    for_limit = sum(w["rows"] for w in waiting if w["reason"] == "messaging limit")
+    if limit["known"] and limit["limit"] is not None:
+        limit["waiting"] = for_limit
+        if for_limit or limit["next_room_at"]:
+            limit["message"] = (f"waiting for the messaging limit: {limit['used']:,} of {limit['limit']:,} used, "
+                                f"next room at {limit['next_room_at'] or 'now'}"
+                                + (f" ({for_limit:,} rows of this campaign wait)" if for_limit else ""))
+    return {
+        "paused_by": detail["paused_by"],
+        "paused_until": detail["paused_until"].isoformat() if detail["paused_until"] else None,
+        "auto_resume": detail["auto_resume"],
+        "template": {"name": detail["template_name"], "language": detail["language_code"],
+                     "status": detail["template_status"], "reason": detail["template_reason"]},
+        "messaging_limit": limit,
+        "waiting": waiting,
+        "not_now": [{**n, "title": NOT_NOW_TITLES[n["code"]]} for n in detail["not_now"]],
+    }
 
 
 def as_json(row: dict) -> dict:
@@ -85,9 +118,21 @@ def pause(conn: psycopg.Connection, campaign_id: str, reason: str = "paused by o
     return status(conn, campaign_id)
 
 
-def resume(conn: psycopg.Connection, campaign_id: str, queue_url: str) -> dict:
-    """Resume a paused (or running) campaign and enqueue its `ready` rows, which the pause left unsent."""
+def resume(conn: psycopg.Connection, campaign_id: str, queue_url: str, force: bool = False) -> dict:
+    """Resume a paused (or running) campaign and enqueue its `ready` rows, which the pause left unsent.
+
+    Refused while its template is known to be paused, disabled or rejected (every send would fail), unless
+    `force`: when the status webhook that approved it again never came.
+    """
     campaign_id = canonical_campaign_id(campaign_id)
+    block = None if force else repository.template_block(conn, campaign_id)
+    if block:
+        until = f", until about {block['paused_until'].isoformat(timespec='minutes')}" if block["paused_until"] else ""
+        raise CampaignStateError(
+            f"cannot resume campaign {campaign_id}: its template {block['name']} ({block['language']}) is "
+            f"{block['status']}{until} (Meta refuses to send it); it can resume when Meta approves it again "
+            "(campaigns created with --auto-resume do by themselves), or with --force"
+        )
     _change(conn, repository.RESUME_CAMPAIGN, campaign_id, "resume", "paused|running")
     return {**status(conn, campaign_id), "enqueued": campaigns.enqueue_campaign(conn, campaign_id, queue_url)}
 
@@ -117,6 +162,23 @@ def retry_failed(conn: psycopg.Connection, campaign_id: str, queue_url: str, inc
         logger.warning("unconfirmed rows not retried", campaign_id=campaign_id, unconfirmed=unconfirmed)
     enqueued = campaigns.enqueue_campaign(conn, campaign_id, queue_url, enqueue_id=enqueue_id)
     return {**status(conn, campaign_id), "rows_retried": rows, "unconfirmed_not_retried": unconfirmed, "enqueued": enqueued}
+
+
+def auto_resume(conn: psycopg.Connection, queue_url: str) -> list[str]:
+    """Resume the paused campaigns that asked for it (auto_resume) once their pause is over; their ids.
+
+    A campaign that cannot resume (its state changed meanwhile) is logged and left alone.
+    """
+    resumed = []
+    for campaign_id in repository.due_auto_resume(conn):
+        try:
+            resume(conn, campaign_id, queue_url)
+        except (CampaignStateError, CampaignNotFoundError) as exc:
+            logger.warning("campaign not resumed automatically", campaign_id=campaign_id, error=str(exc))
+            continue
+        logger.info("campaign resumed automatically", campaign_id=campaign_id)
+        resumed.append(campaign_id)
+    return resumed
 
 
 def recompute(conn: psycopg.Connection, campaign_id: str | None = None) -> list[tuple[str, str, bool]]:

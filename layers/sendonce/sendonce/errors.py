@@ -37,6 +37,18 @@ class CampaignInputError(SendonceError):
     """A campaign field is missing or invalid."""
 
 
+class TemplateError(CampaignInputError):
+    """The template cannot send this campaign: missing in that language, not approved, other parameters."""
+
+
+class GraphUnavailableError(SendonceError):
+    """The Graph API could not be asked (unreachable, timed out, 5xx, 429): nothing was decided."""
+
+
+class GraphRefusedError(SendonceError):
+    """The Graph API refused a read (4xx with an error code: a wrong id, a token without the permission)."""
+
+
 class CampaignNotFoundError(SendonceError):
     """No campaign has that id."""
 

@@ -6,20 +6,30 @@ rate-limit pages; pywa's errors module.
 
 from __future__ import annotations
 
+from sendonce.config import get_settings
 from sendonce.models import Disposition
 
 TRANSIENT = frozenset({1, 2, 4, 80007, 130429, 131000, 131016, 131057})
 # 1 message per 6 s to one user: retry that recipient after 4^X seconds.
 PAIR_RATE = frozenset({131056})
-# Per-user marketing limit: a resend within 24 h fails again and counts against the business.
-MARKETING_LIMIT = frozenset({131049})
+# "Not now" for this user: 131049, Meta's per-user marketing limit ("wait at least 24 hours before resending";
+# sooner fails again and counts against the business). The row waits, then gets one more try.
+NOT_NOW = {131049: (86_400, "per-user marketing limit (131049)")}
 OPTED_OUT = 131050
+# 130472 (the user is in Meta's marketing message experiment) is permanent: "attempting to resend the message
+# will result in the same error".
+EXPERIMENT = 130472
+# 131048, spam rate limit: the number may send only so much after messages were blocked or flagged. Meta gives
+# no duration: the campaign pauses for SPAM_PAUSE_SECONDS at least (and resumes then if it asked to).
+SPAM_LIMIT = 131048
+# The template is missing or unapproved (132001), paused for low quality (132015) or disabled (132016).
+TEMPLATE_HALTS = frozenset({132001, 132015, 132016})
 EXPIRED_TOKEN = 190  # or revoked: re-read once when the token is a secret that may have been rotated
 PERMANENT = frozenset(
-    {100, 131008, 131009, 131021, 131026, 131047, OPTED_OUT, 131051, 130472, 132000, 132005, 132007, 132012, 132016}
+    {100, 131008, 131009, 131021, 131026, 131047, OPTED_OUT, 131051, EXPERIMENT, 132000, 132005, 132007, 132012}
 )
 # Token, account, payment or template problems: every further send would fail the same way.
-HALT = frozenset({0, 190, 10, 131005, 131031, 131037, 131042, 131045, 131048, 132001, 132015, 133010, 368})
+HALT = frozenset({0, 190, 10, 131005, 131031, 131037, 131042, 131045, SPAM_LIMIT, 133010, 368}) | TEMPLATE_HALTS
 
 
 THROTTLED = frozenset({130429}) | PAIR_RATE
@@ -33,7 +43,9 @@ def classify(code: int | None, http_status: int) -> Disposition:
         return Disposition.RETRY
     if code in HALT:
         return Disposition.HALT
-    if code in PERMANENT or code in MARKETING_LIMIT:
+    if code in NOT_NOW:
+        return Disposition.WAIT
+    if code in PERMANENT:
         return Disposition.FAILED
     if http_status >= 500 or http_status == 429:
         return Disposition.RETRY
@@ -47,3 +59,18 @@ def defer_seconds(code: int | None, attempt: int, base: int) -> int:
     """
     factor = 4 if code in PAIR_RATE else 2
     return min(base * factor ** max(attempt - 1, 0), 900)
+
+
+def wait_rule(code: int | None) -> tuple[int, str]:
+    """A "not now" answer's wait in seconds and its reason, as the row shows it while it waits."""
+    return NOT_NOW[code] if code in NOT_NOW else (0, f"Graph API error {code}")
+
+
+def halt_pause(code: int) -> tuple[str, float | None]:
+    """What a halt code pauses the campaign as (`campaigns.paused_by`), and for how long at least (None: until
+    someone or something resumes it)."""
+    if code in TEMPLATE_HALTS:
+        return "template", None
+    if code == SPAM_LIMIT:
+        return "spam_limit", float(get_settings().spam_pause_seconds)
+    return "halt", None

@@ -43,6 +43,9 @@ class Disposition(StrEnum):
     AMBIGUOUS = "ambiguous"  # may have been accepted: stays `processing` until reconciled or reset
     HALT = "halt"  # sending on would fail for everyone: row back to `ready`, campaign paused
     DEFER = "defer"  # throttled (or no send slot soon): row back to `ready`, a new message after `delay` s
+    # Meta said "not now" for this user (131049): row back to `ready`, waiting `delay` s in the database without
+    # an SQS message (reset_stuck enqueues it then); the same answer again fails it.
+    WAIT = "wait"
 
 
 @dataclass(frozen=True)

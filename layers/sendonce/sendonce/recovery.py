@@ -1,13 +1,15 @@
-"""Recovery jobs: reset stuck rows, and account for every message whose retries ran out (the DLQ)."""
+"""Recovery jobs: reset stuck rows, release rows whose wait is over, resume campaigns whose pause is over, and
+account for every message whose retries ran out (the DLQ)."""
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections import Counter
 
 import psycopg
 
-from sendonce import journal, sqs
+from sendonce import control, journal, sqs
 from sendonce.config import get_settings, send_queue_url
 from sendonce.db import transaction
 from sendonce.errors import DatabaseError, EnqueueError, MalformedMessageError
@@ -18,6 +20,7 @@ from sendonce.repository import sending as sending_sql
 from sendonce.repository.sending import RowResult
 
 RESET_LIMIT = 10_000  # rows per run; the next run takes the rest
+RELEASE_CHUNK = 5_000  # waiting rows released (and enqueued) per transaction
 
 
 def reset_stuck(conn: psycopg.Connection, queue_url: str | None = None) -> dict:
@@ -66,6 +69,37 @@ def reset_stuck(conn: psycopg.Connection, queue_url: str | None = None) -> dict:
     count("ResentWithoutEvidence", blind)
     count("RecoveredFromJournal", result["recovered"])
     return result
+
+
+def release_waiting(conn: psycopg.Connection, queue_url: str | None = None, deadline_s: float = 120.0) -> int:
+    """Enqueue the rows whose wait is over (room in the messaging limit, a "not now" answer's wait); how many.
+
+    Chunk by chunk, each in one transaction that sends the chunk's messages before it commits: a failed send
+    rolls the chunk back (its rows still wait, due, for the next run); a lost commit leaves messages whose rows
+    the next run enqueues again (the claim sends each row once).
+    """
+    queue_url = queue_url or send_queue_url()
+    released, stop_at = 0, time.monotonic() + deadline_s
+    while time.monotonic() < stop_at:
+        enqueue_id = uuid.uuid4().hex
+        with transaction(conn, "releasing waiting rows failed"):
+            due = recovery_sql.release_waiting(conn, enqueue_id, RELEASE_CHUNK)
+            if due:
+                sqs.send_messages(queue_url, [QueueMessage(row_id, campaign, enqueue_id) for row_id, campaign in due])
+        released += len(due)
+        if len(due) < RELEASE_CHUNK:
+            break
+    if released:
+        logger.info("waiting rows released", released=released)
+    count("ReleasedFromWait", released)
+    return released
+
+
+def unblock(conn: psycopg.Connection, queue_url: str | None = None) -> dict:
+    """What the schedule does besides resetting stuck rows: resume campaigns whose pause is over (auto_resume), then
+    enqueue rows whose wait is over."""
+    queue_url = queue_url or send_queue_url()
+    return {"resumed": control.auto_resume(conn, queue_url), "released": release_waiting(conn, queue_url)}
 
 
 def _write_journal_results(

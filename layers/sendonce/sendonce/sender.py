@@ -187,7 +187,7 @@ class _Batch:
         try:
             found = claim_rows(
                 get_conn(), owners.values(), self.token, self.settings.whatsapp_max_mps,
-                self.settings.max_slot_wait_seconds,
+                self.settings.max_slot_wait_seconds, self.settings.messaging_window_seconds,
             )
         except DatabaseError as exc:
             # The claim may have committed with its reply lost: release whatever this token holds. No send was
@@ -208,6 +208,8 @@ class _Batch:
             if claim is None:
                 self._fail(message_id, UnknownRowError(f"no send_queue row {message.queue_id} in campaign "
                                                        f"{message.campaign_id}"), message)
+            elif claim.waits_now:
+                self._wait(message_id, message, claim)
             elif claim.row is None and claim.line_at is None:
                 self._skip(message_id, message, _skip_reason(claim), claim.phone_number_id, already_sent=bool(claim.wamid))
         return claims
@@ -273,6 +275,9 @@ class _Batch:
         elif result.disposition is Disposition.DEFER:
             delay = graph_errors.defer_seconds(result.code, row.attempt, settings.throttle_base_seconds)
             result = SendResult(Disposition.DEFER, code=result.code, error=result.error, delay=delay)
+        elif result.disposition is Disposition.WAIT:
+            result = SendResult(Disposition.WAIT, code=result.code, error=result.error,
+                                delay=graph_errors.wait_rule(result.code)[0])
         return result
 
     # 5. finalize ------------------------------------------------------------------------------------------
@@ -400,6 +405,15 @@ class _Batch:
         logger.warning("record failed", message_id=message_id, **keys, error=scrub(exc), error_type=type(exc).__name__)
         self.outcomes[message_id] = exc
 
+    def _wait(self, message_id: str, message: QueueMessage, claim: ClaimOutcome) -> None:
+        """No room in the portfolio's messaging limit: the row waits in the database, and this message is done."""
+        self.counts["waiting_limit"] += 1
+        until = claim.wait_until.isoformat() if claim.wait_until else None
+        logger.info("waiting for the messaging limit", campaign_id=message.campaign_id, queue_id=message.queue_id,
+                    phone_number_id=claim.phone_number_id, wait_until=until)
+        self.outcomes[message_id] = {"queue_id": message.queue_id, "result": "waiting", "reason": "messaging limit",
+                                     "wait_until": until}
+
     def _skip(
         self, message_id: str, message: QueueMessage, reason: str, phone_number_id: str = "", already_sent: bool = False
     ) -> None:
@@ -422,6 +436,7 @@ class _Batch:
             f"{c['sent']} sent, {c['failed']} failed, {c['skipped']} skipped (already sent)",
             sent=c["sent"], failed=c["failed"], skipped=c["skipped"], retried=c["retry"] + c["retried"],
             ambiguous=c["ambiguous"], halted=c["halt"], deferred=c["defer_throttled"] + c["defer_no_slot"],
+            waiting=c["waiting_limit"] + c["wait"],
             unknown=c["unknown"], replayed=c["replayed"], records=records,
         )
 
@@ -435,6 +450,8 @@ class _Batch:
         count("SkippedAlreadySent", c["skipped_already_sent"])
         count("DeferredThrottle", c["defer_throttled"])
         count("DeferredNoSlot", c["defer_no_slot"])
+        count("WaitingForMessagingLimit", c["waiting_limit"])
+        count("WaitingNotNow", c["wait"])
 
 
 def _row_keys(row: ClaimedRow) -> dict:
@@ -445,6 +462,8 @@ def _row_keys(row: ClaimedRow) -> dict:
 def _skip_reason(claim: ClaimOutcome) -> str:
     if claim.cancelled:
         return "cancelled (campaign cancelled or number suppressed)"
+    if claim.status == RowStatus.READY and claim.campaign_status == "running" and claim.wait_until:
+        return f"waiting until {claim.wait_until.isoformat()} ({claim.wait_reason})"
     if claim.status == RowStatus.READY:
         return f"campaign {claim.campaign_status}"
     if claim.wamid:

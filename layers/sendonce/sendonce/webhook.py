@@ -3,7 +3,8 @@
 GET answers Meta's verification handshake. POST is accepted only with a valid `X-Hub-Signature-256` (HMAC-SHA256
 of the raw body with the app secret, compared in constant time); its statuses are stored and applied in a
 constant number of statements (`repository.statuses.apply_statuses`), and the answer is a quick 200 so Meta does
-not retry. Anything else in the payload (incoming messages, other fields) is acknowledged and ignored, and so
+not retry. Account changes (template status, messaging limit, quality: `sendonce.meta_events`) are kept and the
+ones that matter applied. Anything else in the payload (incoming messages) is acknowledged and ignored, and so
 are statuses older than Meta's retry window (a replayed POST: its signature is still valid, its news is not).
 """
 
@@ -17,10 +18,11 @@ from datetime import UTC, datetime, timedelta
 
 import psycopg
 
-from sendonce import callback
+from sendonce import callback, meta_events
 from sendonce.config import get_settings, resolve_secret
 from sendonce.db import get_conn
 from sendonce.observability import count, logger, scrub
+from sendonce.repository import meta as meta_repository
 from sendonce.repository import statuses as repository
 
 KNOWN_STATUSES = frozenset({"sent", "delivered", "read", "failed"})
@@ -107,6 +109,7 @@ def receive(event: dict) -> dict:
         logger.warning("webhook payload is not JSON; acknowledged", size=len(raw))
         return _response(200, "ok")
     conn = get_conn()
+    _account_events(conn, payload)
     statuses, skipped = parse_statuses(payload, callback_key(conn))
     statuses, stale = _fresh(statuses)
     reconciled = repository.apply_statuses(conn, statuses) if statuses else 0
@@ -115,6 +118,28 @@ def receive(event: dict) -> dict:
     count("WebhookStatusesStale", stale)
     count("ReconciledByWebhook", reconciled)
     return _response(200, "ok")
+
+
+def _account_events(conn: psycopg.Connection, payload: object) -> None:
+    """Keep every account change of the POST, and apply the template and messaging-limit ones (`meta_events`).
+
+    Changes older than Meta's retry window are kept but not applied: a replayed PAUSED must not pause today's
+    campaigns.
+    """
+    events, template_events, limit_events = meta_events.parse(payload, _now())
+    if not events:
+        return
+    not_before = _now() - STATUS_MAX_AGE
+    template_events = [e for e in template_events if e["occurred_at"] >= not_before]
+    limit_events = [e for e in limit_events if e["occurred_at"] >= not_before]
+    applied = meta_repository.record_events(conn, events, template_events, limit_events)
+    logger.info(
+        "webhook account events applied", events=len(events), new=applied["new"],
+        fields=sorted({e["field"] for e in events}), campaigns_paused=applied["paused"],
+        campaigns_template_approved=applied["approved"], limits_changed=applied["limits_changed"],
+    )
+    count("WebhookAccountEvents", len(events))
+    count("CampaignsPausedByTemplate", len(applied["paused"]))
 
 
 def _fresh(statuses: list[dict]) -> tuple[list[dict], int]:

@@ -8,6 +8,7 @@ import httpx
 
 from sendonce import graph_errors
 from sendonce.config import get_settings, is_secret_arn, require, resolve_secret
+from sendonce.errors import GraphRefusedError, GraphUnavailableError
 from sendonce.models import ClaimedRow, Disposition, SendResult
 
 _client: httpx.Client | None = None
@@ -87,6 +88,35 @@ def _post(client: httpx.Client, row: ClaimedRow) -> SendResult:
     except httpx.TransportError as exc:
         return SendResult(Disposition.AMBIGUOUS, error=f"no answer after the request was sent: {type(exc).__name__}")
     return read_response(response)
+
+
+def graph_get(path: str, params: dict[str, str]) -> dict:
+    """GET a Graph API object (a read: safe to repeat); its JSON object.
+
+    Raises
+    ------
+    GraphUnavailableError
+        No answer (connect error, timeout, dropped connection), a 5xx or 429.
+    GraphRefusedError
+        Any other refusal; its code and message are in the text (the access token never is).
+    """
+    try:
+        response = get_http_client().get(path, params=params)
+    except httpx.TransportError as exc:
+        raise GraphUnavailableError(f"the Graph API is unreachable ({type(exc).__name__})") from None
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if response.is_success and isinstance(body, dict):
+        return body
+    error = body.get("error") if isinstance(body, dict) else None
+    if response.status_code >= 500 or response.status_code == 429 or not isinstance(error, dict):
+        raise GraphUnavailableError(f"the Graph API answered GET {path} with HTTP {response.status_code}")
+    raise GraphRefusedError(
+        f"the Graph API refused GET {path}: HTTP {response.status_code}, code {error.get('code')}: "
+        f"{str(error.get('message'))[:200]}"
+    )
 
 
 def _client_after_rotation(used: httpx.Client) -> httpx.Client | None:

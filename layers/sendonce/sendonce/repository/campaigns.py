@@ -12,9 +12,10 @@ from sendonce.db import database_error, rows
 from sendonce.errors import CampaignStateError
 
 INSERT_CAMPAIGN = """
-INSERT INTO campaigns (id, name, template_name, language_code, phone_number_id, components, total_recipients)
+INSERT INTO campaigns (id, name, template_name, language_code, phone_number_id, components, total_recipients,
+                       auto_resume)
 VALUES (%(id)s, %(name)s, %(template_name)s, %(language_code)s, %(phone_number_id)s, %(components)s,
-        %(total_recipients)s)
+        %(total_recipients)s, %(auto_resume)s)
 """
 
 COPY_ROWS = "COPY send_queue (campaign_id, phone_number, params) FROM STDIN"
@@ -29,8 +30,13 @@ WHERE q.campaign_id = %(campaign_id)s AND s.phone_number = q.phone_number AND q.
 
 SELECT_CAMPAIGN_STATUS = "SELECT status FROM campaigns WHERE id = %(campaign_id)s"
 
-# The first enqueue of a new campaign: its rows have no other message yet.
-SELECT_READY_IDS = "SELECT id FROM send_queue WHERE campaign_id = %(campaign_id)s AND status = 'ready' ORDER BY id"
+# The first enqueue of a new campaign: its rows have no other message yet. Rows that wait (for room in the
+# messaging limit) get theirs when their wait is over (reset_stuck).
+SELECT_READY_IDS = """
+SELECT id FROM send_queue
+WHERE campaign_id = %(campaign_id)s AND status = 'ready' AND (wait_until IS NULL OR wait_until <= now())
+ORDER BY id
+"""
 
 # A re-enqueue (resume, retry-failed, `campaign enqueue`): the new messages become the rows' current ones, so
 # an older message of the same row that runs out of receives later can no longer fail it. Marked by ranges of
@@ -41,6 +47,7 @@ SELECT min(id), max(id) FROM send_queue WHERE campaign_id = %(campaign_id)s AND 
 MARK_READY_IDS = """
 UPDATE send_queue SET enqueue_id = %(enqueue_id)s
 WHERE id >= %(low)s AND id < %(high)s AND campaign_id = %(campaign_id)s AND status = 'ready'
+  AND (wait_until IS NULL OR wait_until <= now())
 RETURNING id
 """
 MARK_CHUNK = 10_000
@@ -57,7 +64,8 @@ def insert_campaign(conn: psycopg.Connection, fields: dict, rows_: Iterable[tupl
     """Insert a campaign and COPY its rows, in one transaction: either all of it exists or none."""
     try:
         with conn.transaction(), conn.cursor() as cur:
-            cur.execute(INSERT_CAMPAIGN, {**fields, "components": json.dumps(fields.get("components") or [])})
+            cur.execute(INSERT_CAMPAIGN, {**fields, "components": json.dumps(fields.get("components") or []),
+                                          "auto_resume": bool(fields.get("auto_resume"))})
             campaign_id = uuid.UUID(fields["id"])
             with cur.copy(COPY_ROWS) as copy:
                 copy.set_types(["uuid", "text", "text[]"])

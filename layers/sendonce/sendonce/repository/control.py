@@ -14,6 +14,26 @@ created_at, completed_at
 # Built from a constant column list: nothing from outside reaches the text.
 SELECT_COUNTERS = f"SELECT {COUNTER_COLUMNS} FROM campaign_counters WHERE campaign_id = %(campaign_id)s"  # noqa: S608
 
+# Beyond the counters, for one campaign's status: what paused it, its template as Meta last reported it, the rows
+# that wait (by reason), and the rows Meta answered "not now" (by code, from the send or the status webhook).
+SELECT_CAMPAIGN_DETAIL = """
+SELECT c.phone_number_id, c.template_name, c.language_code, c.paused_by, c.paused_until, c.auto_resume,
+       t.status AS template_status, t.reason AS template_reason,
+       (SELECT coalesce(json_agg(w ORDER BY w.reason), '[]')
+        FROM (SELECT q.wait_reason AS reason, count(*) AS rows, min(q.wait_until) AS first, max(q.wait_until) AS last
+              FROM send_queue q
+              WHERE q.campaign_id = c.id AND q.status = 'ready' AND q.wait_until > now()
+              GROUP BY q.wait_reason) w) AS waiting,
+       (SELECT coalesce(json_agg(n ORDER BY n.code), '[]')
+        FROM (SELECT coalesce(q.delivery_error_code, q.last_error_code) AS code, q.status, count(*) AS rows
+              FROM send_queue q
+              WHERE q.campaign_id = c.id
+                AND (q.last_error_code = ANY(%(codes)s) OR q.delivery_error_code = ANY(%(codes)s))
+              GROUP BY 1, 2) n) AS not_now
+FROM campaigns c LEFT JOIN templates t ON t.name = c.template_name AND t.language = c.language_code
+WHERE c.id = %(campaign_id)s
+"""
+
 SELECT_CAMPAIGN_LIST = f"SELECT {COUNTER_COLUMNS} FROM campaign_counters ORDER BY created_at DESC LIMIT %(limit)s"  # noqa: S608
 
 # Each control statement changes the campaign only from the states it names and returns the state it found,
@@ -21,7 +41,8 @@ SELECT_CAMPAIGN_LIST = f"SELECT {COUNTER_COLUMNS} FROM campaign_counters ORDER B
 PAUSE_CAMPAIGN = """
 WITH found AS (SELECT id, status FROM campaigns WHERE id = %(campaign_id)s FOR UPDATE),
 changed AS (
-    UPDATE campaigns c SET status = 'paused', pause_reason = %(reason)s, updated_at = now()
+    UPDATE campaigns c
+    SET status = 'paused', pause_reason = %(reason)s, paused_by = 'operator', paused_until = NULL, updated_at = now()
     FROM found f WHERE c.id = f.id AND f.status = 'running'
     RETURNING c.id
 )
@@ -31,11 +52,26 @@ SELECT f.status, (SELECT count(*) FROM changed)::integer FROM found f
 RESUME_CAMPAIGN = """
 WITH found AS (SELECT id, status FROM campaigns WHERE id = %(campaign_id)s FOR UPDATE),
 changed AS (
-    UPDATE campaigns c SET status = 'running', pause_reason = NULL, updated_at = now()
+    UPDATE campaigns c SET status = 'running', pause_reason = NULL, paused_by = NULL, paused_until = NULL, updated_at = now()
     FROM found f WHERE c.id = f.id AND f.status = 'paused'
     RETURNING c.id
 )
 SELECT f.status, (SELECT count(*) FROM changed)::integer FROM found f
+"""
+
+# The campaign's template as the last status event or read left it, when Meta would refuse to send it now.
+SELECT_TEMPLATE_BLOCK = """
+SELECT t.name, t.language, t.status, t.reason, t.paused_until
+FROM campaigns c JOIN templates t ON t.name = c.template_name AND t.language = c.language_code
+WHERE c.id = %(campaign_id)s AND t.status <> 'APPROVED' AND NOT (t.status = 'PAUSED' AND t.paused_until <= now())
+"""
+
+# Paused campaigns that asked to resume by themselves, whose pause is over: their template was approved again
+# (or Meta's pause time passed), or a spam-limit pause ended.
+SELECT_DUE_AUTO_RESUME = """
+SELECT id::text FROM campaigns
+WHERE status = 'paused' AND auto_resume AND paused_by IN ('template', 'spam_limit') AND paused_until <= now()
+ORDER BY paused_until
 """
 
 # Rows in flight (`processing`) are left to finish: their send may already be accepted, and it is counted.
@@ -54,7 +90,8 @@ rows AS (
 SELECT f.status, (SELECT count(*) FROM rows)::integer FROM found f
 """
 
-# Failed rows go back to `ready`, as the current rows of a new enqueue run, except: opted out (131050), hit the
+# Failed rows go back to `ready`, as the current rows of a new enqueue run, except: opted out (131050), in Meta's
+# marketing experiment (130472: a resend gets the same answer), hit the
 # per-user marketing limit (131049) less than 24 h ago (a resend fails again and counts against the business),
 # carrying a WAMID, or `unconfirmed` (the ambiguous policy failed them because Meta may have accepted them:
 # only `include_unconfirmed` resends those). The third column counts the unconfirmed rows left alone.
@@ -73,6 +110,7 @@ candidates AS (
     FROM send_queue q JOIN changed c ON q.campaign_id = c.id
     WHERE q.status = 'failed' AND q.whatsapp_message_id IS NULL
       AND q.last_error_code IS DISTINCT FROM 131050
+      AND q.last_error_code IS DISTINCT FROM 130472
       AND NOT (q.last_error_code IS NOT DISTINCT FROM 131049
                AND coalesce(q.finished_at, q.updated_at) > now() - interval '24 hours')
 ),
@@ -176,3 +214,21 @@ def row_outcomes(conn: psycopg.Connection, campaign_id: str) -> dict:
     """{"numbers": every recipient, "attempts": send attempts in all, "failures": [{code, reason, rows}]}."""
     found = rows(conn, SELECT_ROW_OUTCOMES, {"campaign_id": campaign_id}, "reading the rows failed", dicts=True)[0]
     return {**found, "numbers": found["numbers"] or []}
+
+
+def template_block(conn: psycopg.Connection, campaign_id: str) -> dict | None:
+    """The campaign's template when its last known status makes Meta refuse it (paused, disabled ...); else None."""
+    found = rows(conn, SELECT_TEMPLATE_BLOCK, {"campaign_id": campaign_id}, "reading the template failed", dicts=True)
+    return found[0] if found else None
+
+
+def due_auto_resume(conn: psycopg.Connection) -> list[str]:
+    """Paused campaigns with auto_resume whose pause is over."""
+    return [campaign_id for (campaign_id,) in rows(conn, SELECT_DUE_AUTO_RESUME, {}, "reading paused campaigns failed")]
+
+
+def campaign_detail(conn: psycopg.Connection, campaign_id: str, codes: list[int]) -> dict | None:
+    """Pause, template, waiting rows and "not now" answers (`codes`) of one campaign; None when it does not exist."""
+    found = rows(conn, SELECT_CAMPAIGN_DETAIL, {"campaign_id": campaign_id, "codes": codes},
+                 "reading the campaign failed", dicts=True)
+    return found[0] if found else None

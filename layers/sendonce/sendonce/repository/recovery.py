@@ -81,6 +81,30 @@ SELECT id, message_id, body, attributes, reason, received_at FROM dead_letters O
 """
 
 
+# Rows whose wait is over (room in the messaging limit freed, a 131049's 24 h passed), in running campaigns: a
+# new enqueue run is theirs. The caller sends their messages before it commits, so a row never leaves its wait
+# without one. SKIP LOCKED: two runs take each row once.
+RELEASE_WAITING = """
+WITH due AS (
+    SELECT q.id
+    FROM send_queue q JOIN campaigns c ON c.id = q.campaign_id
+    WHERE q.wait_until <= now() AND q.status = 'ready' AND c.status = 'running'
+    ORDER BY q.wait_until
+    LIMIT %(limit)s
+    FOR UPDATE OF q SKIP LOCKED
+)
+UPDATE send_queue q
+SET wait_until = NULL, wait_reason = NULL, enqueue_id = %(enqueue_id)s, updated_at = now()
+FROM due WHERE q.id = due.id
+RETURNING q.id, q.campaign_id::text
+"""
+
+
+def release_waiting(conn: psycopg.Connection, enqueue_id: str, limit: int) -> list[tuple[int, str]]:
+    """End the wait of up to `limit` due rows (inside the caller's transaction); (id, campaign_id) of each."""
+    return rows(conn, RELEASE_WAITING, {"enqueue_id": enqueue_id, "limit": limit}, "releasing waiting rows failed")
+
+
 def stuck_rows(
     conn: psycopg.Connection, stuck_after: int, limit: int, journal_keeps: int
 ) -> list[tuple[int, str, uuid.UUID | None]]:

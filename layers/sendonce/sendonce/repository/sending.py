@@ -9,7 +9,7 @@ from datetime import datetime
 
 import psycopg
 
-from sendonce import callback
+from sendonce import callback, graph_errors
 from sendonce.db import rows
 from sendonce.models import ClaimedRow, Disposition, QueueMessage, SendResult
 
@@ -22,6 +22,10 @@ from sendonce.models import ClaimedRow, Disposition, QueueMessage, SendResult
 # and claims only the rows that got one: the others stay `ready`, untouched, and the sender sends their
 # messages again, delayed to when their place in the line of deferred rows (`line_at`) nears. So nothing is
 # booked that is not about to be sent, and a sender that finds the schedule full costs the database nothing.
+#
+# The messaging limit comes first (`admit_recipients`, migration 007): a row to a user the portfolio may not
+# message now takes no slot; it waits in the database (`wait_until`, no SQS message) until its room frees,
+# and reset_stuck enqueues it then. A row still waiting is not claimed.
 CLAIM_ROWS = """
 WITH requested AS (
     SELECT * FROM unnest(%(ids)s::bigint[], %(campaign_ids)s::uuid[], %(enqueue_ids)s::text[], %(line_ats)s::float8[])
@@ -29,17 +33,32 @@ WITH requested AS (
 ),
 target AS (
     SELECT q.id, q.status, q.whatsapp_message_id, c.status AS campaign_status, c.phone_number_id, r.enqueue_id,
-           r.line_at, EXISTS (SELECT 1 FROM suppressions s WHERE s.phone_number = q.phone_number) AS suppressed
+           r.line_at, q.phone_number, q.wait_until,
+           EXISTS (SELECT 1 FROM suppressions s WHERE s.phone_number = q.phone_number) AS suppressed
     FROM requested r
     JOIN send_queue q ON q.id = r.id AND q.campaign_id = r.campaign_id
     JOIN campaigns c ON c.id = q.campaign_id
+),
+sendable AS (
+    SELECT t.id, t.phone_number_id, t.line_at, t.phone_number
+    FROM target t
+    WHERE t.campaign_status = 'running' AND NOT t.suppressed AND t.status = 'ready' AND t.whatsapp_message_id IS NULL
+      AND (t.wait_until IS NULL OR t.wait_until <= now())
+),
+-- The portfolio's messaging limit (migration 007): rows to users beyond the room left wait for their room.
+admission AS MATERIALIZED (
+    SELECT a.*
+    FROM (SELECT array_agg(s.id ORDER BY s.line_at NULLS LAST, s.id) AS ids,
+                 array_agg(s.phone_number ORDER BY s.line_at NULLS LAST, s.id) AS phones,
+                 array_agg(s.phone_number_id ORDER BY s.line_at NULLS LAST, s.id) AS numbers
+          FROM sendable s) b
+    CROSS JOIN LATERAL admit_recipients(b.ids, b.phones, b.numbers, %(window)s) a
 ),
 -- The rows that may be sent, in the order they get slots: back from the line first (by place), then fresh.
 ranked AS (
     SELECT t.id, t.phone_number_id, t.line_at,
            row_number() OVER (PARTITION BY t.phone_number_id ORDER BY t.line_at NULLS LAST, t.id) AS place
-    FROM target t
-    WHERE t.campaign_status = 'running' AND NOT t.suppressed AND t.status = 'ready' AND t.whatsapp_message_id IS NULL
+    FROM sendable t JOIN admission a ON a.id = t.id AND a.admitted
 ),
 demand AS (
     SELECT phone_number_id, count(*) FILTER (WHERE line_at IS NOT NULL)::integer AS in_line,
@@ -85,10 +104,17 @@ slotted AS (
 claimed AS (
     UPDATE send_queue q
     SET status = 'processing', claim_token = %(token)s, claimed_at = now(), attempts = q.attempts + 1,
-        enqueue_id = t.enqueue_id, updated_at = now()
+        enqueue_id = t.enqueue_id, wait_until = NULL, wait_reason = NULL, updated_at = now()
     FROM slotted s JOIN target t ON t.id = s.id
     WHERE q.id = s.id AND s.has_slot AND q.status = 'ready' AND q.whatsapp_message_id IS NULL
     RETURNING q.id
+),
+waiting AS (
+    UPDATE send_queue q
+    SET wait_until = a.wait_until, wait_reason = 'messaging limit', updated_at = now()
+    FROM admission a
+    WHERE q.id = a.id AND NOT a.admitted AND q.status = 'ready' AND q.whatsapp_message_id IS NULL
+    RETURNING q.id, q.wait_until
 ),
 cancelled AS (
     UPDATE send_queue q
@@ -105,7 +131,9 @@ SELECT t.id, t.status, t.whatsapp_message_id, t.campaign_status,
        c.template_name, c.language_code, c.phone_number_id, c.components,
        sl.has_slot, sl.send_in, sl.reserved_until, sl.mps,
        extract(epoch FROM now()) + sl.send_in AS line_at,
-       d.callback_key
+       d.callback_key, coalesce(w.wait_until, q.wait_until) AS wait_until,
+       CASE WHEN w.id IS NOT NULL THEN 'messaging limit' ELSE q.wait_reason END AS wait_reason,
+       w.id IS NOT NULL AS waits
 FROM target t
 JOIN send_queue q ON q.id = t.id
 JOIN campaigns c ON c.id = q.campaign_id
@@ -113,6 +141,7 @@ CROSS JOIN deployment d
 LEFT JOIN claimed cl ON cl.id = t.id
 LEFT JOIN cancelled ca ON ca.id = t.id
 LEFT JOIN slotted sl ON sl.id = t.id
+LEFT JOIN waiting w ON w.id = t.id
 """
 
 # One statement finalizes a batch, and only rows their claim still owns (token and `processing`): a stale
@@ -123,13 +152,16 @@ FINALIZE_ROWS = """
 WITH result AS (
     SELECT * FROM unnest(%(ids)s::bigint[], %(tokens)s::uuid[], %(statuses)s::text[], %(wamids)s::text[],
                          %(codes)s::integer[], %(errors)s::text[], %(requested)s::boolean[],
-                         %(enqueue_ids)s::text[])
-        AS r (id, token, status, wamid, code, error, requested, enqueue_id)
+                         %(enqueue_ids)s::text[], %(waits)s::float8[], %(wait_reasons)s::text[])
+        AS r (id, token, status, wamid, code, error, requested, enqueue_id, wait, wait_reason)
 ),
+-- A halt pauses the campaign, saying what paused it and, for a pause with a known end, until when.
 halted AS (
     UPDATE campaigns c
-    SET status = 'paused', pause_reason = h.reason, updated_at = now()
-    FROM unnest(%(halt_campaign_ids)s::uuid[], %(halt_reasons)s::text[]) AS h (campaign_id, reason)
+    SET status = 'paused', pause_reason = h.reason, paused_by = h.paused_by,
+        paused_until = now() + make_interval(secs => h.pause_seconds), updated_at = now()
+    FROM unnest(%(halt_campaign_ids)s::uuid[], %(halt_reasons)s::text[], %(halt_by)s::text[],
+                %(halt_seconds)s::float8[]) AS h (campaign_id, reason, paused_by, pause_seconds)
     WHERE c.id = h.campaign_id AND c.status = 'running'
     RETURNING c.id
 ),
@@ -137,7 +169,7 @@ halted AS (
 -- count from the next one on: the statement sees the rows as they were).
 failing AS (
     UPDATE campaigns c
-    SET status = 'paused', updated_at = now(),
+    SET status = 'paused', paused_by = 'error_rate', paused_until = NULL, updated_at = now(),
         pause_reason = format('error rate: %%s of the last %%s sends failed', f.failed, f.total)
     FROM (
         SELECT b.campaign_id, count(*) AS total, count(*) FILTER (WHERE recent.status = 'failed') AS failed
@@ -153,6 +185,18 @@ failing AS (
       AND f.failed > f.total * %(threshold)s AND c.id <> ALL (%(halt_campaign_ids)s::uuid[])
     RETURNING c.id
 ),
+-- What each row becomes.
+decided AS (
+    SELECT r.*, CASE
+        -- A row released after its campaign was cancelled is cancelled, not left `ready` with nothing to send it.
+        WHEN r.status = 'ready' AND c.status = 'cancelled' THEN 'cancelled'
+        -- "Not now" twice in a row (131049 again after its wait): Meta keeps refusing this user; failed.
+        WHEN r.status = 'ready' AND r.wait IS NOT NULL AND r.code IS NOT NULL AND r.code = q.last_error_code
+            THEN 'failed'
+        ELSE r.status
+    END AS final
+    FROM result r JOIN send_queue q ON q.id = r.id JOIN campaigns c ON c.id = q.campaign_id
+),
 given_back AS (
     UPDATE rate_limits r
     SET next_slot_at = r.next_slot_at - g.unused * interval '1 second' / g.mps
@@ -162,19 +206,20 @@ given_back AS (
     RETURNING r.phone_number_id
 )
 UPDATE send_queue q
--- A row released after its campaign was cancelled is cancelled, not left `ready` with nothing to send it.
-SET status = CASE WHEN r.status = 'ready' AND c.status = 'cancelled' THEN 'cancelled' ELSE r.status END,
+SET status = r.final,
     whatsapp_message_id = coalesce(r.wamid, q.whatsapp_message_id),
     actual_sent_at = CASE WHEN r.status = 'sent' THEN now() ELSE q.actual_sent_at END,
-    finished_at = CASE WHEN r.status IN ('sent', 'failed') THEN now() ELSE q.finished_at END,
+    finished_at = CASE WHEN r.final IN ('sent', 'failed') THEN now() ELSE q.finished_at END,
+    wait_until = CASE WHEN r.final = 'ready' AND r.wait IS NOT NULL THEN now() + make_interval(secs => r.wait) END,
+    wait_reason = CASE WHEN r.final = 'ready' AND r.wait IS NOT NULL THEN r.wait_reason END,
     -- attempts counts requests that may have reached Meta: the claim counted one that was never made.
     attempts = q.attempts - CASE WHEN r.requested THEN 0 ELSE 1 END,
     enqueue_id = coalesce(r.enqueue_id, q.enqueue_id),
     last_error_code = r.code,
     last_error = r.error,
     updated_at = now()
-FROM result r, campaigns c
-WHERE q.id = r.id AND c.id = q.campaign_id AND q.claim_token = r.token AND q.status = 'processing'
+FROM decided r
+WHERE q.id = r.id AND q.claim_token = r.token AND q.status = 'processing'
 RETURNING q.id, q.campaign_id::text, q.status
 """
 
@@ -197,6 +242,11 @@ class ClaimOutcome:
     # rows, which `line_at` gives as a Unix time.
     send_in: float | None = None
     line_at: float | None = None
+    # Not sent before this time (a `ready` row that waits, e.g. for room in the messaging limit), and why;
+    # `waits_now`: this claim found no room for it in the messaging limit and made it wait.
+    wait_until: datetime | None = None
+    wait_reason: str | None = None
+    waits_now: bool = False
 
 
 @dataclass(frozen=True)
@@ -222,11 +272,17 @@ class UnusedSlots:
 
 
 def claim_rows(
-    conn: psycopg.Connection, messages: Iterable[QueueMessage], token: uuid.UUID, default_mps: int, max_wait: float
+    conn: psycopg.Connection,
+    messages: Iterable[QueueMessage],
+    token: uuid.UUID,
+    default_mps: int,
+    max_wait: float,
+    window: float = 86400.0,
 ) -> dict[int, ClaimOutcome]:
     """Claim the `ready` rows of a batch and reserve their send slots, in one statement.
 
-    `messages` must name each row once. Rows that do not exist are absent from the result.
+    `messages` must name each row once. Rows that do not exist are absent from the result. `window` is the
+    messaging limit's window in seconds (MESSAGING_WINDOW_SECONDS).
     """
     messages = list(messages)
     params = {
@@ -237,6 +293,7 @@ def claim_rows(
         "token": token,
         "default_mps": default_mps,
         "max_wait": max_wait,
+        "window": window,
     }
     return {r["id"]: _claim_outcome(r) for r in rows(conn, CLAIM_ROWS, params, "claim failed", dicts=True)}
 
@@ -262,7 +319,7 @@ def _claim_outcome(r: dict) -> ClaimOutcome:
     return ClaimOutcome(
         r["id"], row, r["status"], r["whatsapp_message_id"], r["campaign_status"], r["cancelled"],
         r["phone_number_id"], r["reserved_until"], r["mps"] or 0, bool(r["has_slot"]),
-        r["send_in"], float(r["line_at"]) if waits else None,
+        r["send_in"], float(r["line_at"]) if waits else None, r["wait_until"], r["wait_reason"], r["waits"],
     )
 
 
@@ -278,10 +335,11 @@ def finalize_rows(
     The same statement pauses the campaigns of halt codes (the first reason per campaign) and those whose
     error rate crossed the threshold, and gives back `unused_slots`.
     """
-    halts: dict[str, str] = {}
+    halts: dict[str, tuple[str, str, float | None]] = {}
     for r in results:
         if r.result.disposition is Disposition.HALT and r.result.code is not None:
-            halts.setdefault(r.campaign_id, f"Graph API error {r.result.code}: {r.result.error}")
+            paused_by, seconds = graph_errors.halt_pause(r.result.code)
+            halts.setdefault(r.campaign_id, (f"Graph API error {r.result.code}: {r.result.error}", paused_by, seconds))
     unused = [u for u in unused_slots if u.count > 0]
     params = {
         "ids": [r.row_id for r in results],
@@ -292,8 +350,13 @@ def finalize_rows(
         "errors": [r.result.error for r in results],
         "requested": [r.result.requested for r in results],
         "enqueue_ids": [r.enqueue_id for r in results],
+        "waits": [float(r.result.delay) if r.result.disposition is Disposition.WAIT else None for r in results],
+        "wait_reasons": [graph_errors.wait_rule(r.result.code)[1] if r.result.disposition is Disposition.WAIT else None
+                         for r in results],
         "halt_campaign_ids": list(halts),
-        "halt_reasons": list(halts.values()),
+        "halt_reasons": [reason for reason, _, _ in halts.values()],
+        "halt_by": [paused_by for _, paused_by, _ in halts.values()],
+        "halt_seconds": [seconds for _, _, seconds in halts.values()],
         "campaign_ids": sorted({r.campaign_id for r in results}),
         "window": error_window,
         "threshold": error_threshold,
