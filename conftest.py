@@ -16,13 +16,14 @@ from pathlib import Path
 import psycopg
 import pytest
 from psycopg import sql
-
 from sendonce.local import reset_clients, services
 from sendonce.local.event_source import SqsEventSource
 from sendonce.local.fake_graph import FakeGraph
 from sendonce.local.lambda_runtime import LocalContext, load_handler
 from sendonce.local.pgproxy import PgFaultProxy
 from sendonce.migrate import migrate
+
+from tests.helpers import truncate
 
 GRAPH_TOKEN = "test-token"
 
@@ -85,9 +86,7 @@ def pg_conn(database_url, monkeypatch) -> Iterator[psycopg.Connection]:
     """An autocommit connection to an empty, migrated database; DATABASE_URL points at it."""
     monkeypatch.setenv("DATABASE_URL", database_url)
     conn = psycopg.connect(database_url, autocommit=True)
-    conn.execute(
-        "TRUNCATE campaigns, send_queue, dead_letters, message_statuses, suppressions, rate_limits RESTART IDENTITY CASCADE"
-    )
+    truncate(conn)
     yield conn
     conn.close()
 
@@ -117,6 +116,24 @@ def aws(moto_server, monkeypatch) -> services.AwsResources:
     for name, value in resources.environ().items():
         monkeypatch.setenv(name, value)
     return resources
+
+
+@pytest.fixture
+def local_aws(monkeypatch) -> Iterator[services.AwsResources]:
+    """Like `aws`, on sendonce's own SQS and DynamoDB stand-ins, in this process: for tests that need a deep queue
+    (moto's SQS slows with queue depth; the stand-ins do not)."""
+    from sendonce.local.dynamodb_server import LocalDynamoDbServer
+    from sendonce.local.sqs_server import LocalSqsServer
+
+    with LocalSqsServer() as sqs_server, LocalDynamoDbServer() as dynamodb_server:
+        monkeypatch.setenv("AWS_ENDPOINT_URL_SQS", sqs_server.url)
+        monkeypatch.setenv("AWS_ENDPOINT_URL_DYNAMODB", dynamodb_server.url)
+        reset_clients()
+        resources = services.create_aws_resources(f"t{uuid.uuid4().hex[:12]}", visibility_timeout=1)
+        for name, value in resources.environ().items():
+            monkeypatch.setenv(name, value)
+        yield resources
+        reset_clients()
 
 
 @pytest.fixture

@@ -16,7 +16,6 @@ import boto3
 import psycopg
 import psycopg.rows
 import pytest
-
 from sendonce import campaigns, control
 from sendonce.callback import sign
 from sendonce.contacts import Contact, ContactList
@@ -26,7 +25,16 @@ from sendonce.local.lambda_runtime import LocalContext, load_handler
 from sendonce.local.pgproxy import PgFaultProxy
 from sendonce.repository.campaigns import insert_campaign
 from sendonce.sqs import get_sqs_client
-from tests.helpers import WEBHOOK_SECRET, load_event, phone, post_statuses, settle_received, status_update
+
+from tests.helpers import (
+    WEBHOOK_SECRET,
+    load_event,
+    phone,
+    post_statuses,
+    settle_received,
+    status_update,
+    truncate,
+)
 
 PHONE_NUMBER_ID = "106540352242922"
 ACCEPTED = frozenset({"ok", "drop", "slow", "crash"})  # the fake Graph's fault kinds where Meta took the send
@@ -54,10 +62,7 @@ class World:
     posted: set[str] = field(default_factory=set)
 
     def fresh(self) -> None:
-        self.pg.execute(
-            "TRUNCATE campaigns, send_queue, dead_letters, message_statuses, suppressions, rate_limits "
-            "RESTART IDENTITY CASCADE"
-        )
+        truncate(self.pg)
         if self.graph is None:
             self.graph = FakeGraph(token="fault-token").start()
             self.aws = services.create_aws_resources(f"f{uuid.uuid4().hex[:12]}", visibility_timeout=30)

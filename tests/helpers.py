@@ -14,11 +14,18 @@ from pathlib import Path
 
 import psycopg
 import psycopg.rows
-
 from sendonce.local.lambda_runtime import PROJECT_ROOT, LocalContext, load_handler
 from sendonce.sqs import get_sqs_client
 
 EVENTS = PROJECT_ROOT / "events"
+
+
+def truncate(conn: psycopg.Connection) -> None:
+    """Empty every table a test writes (the schema and the deployment's callback key stay)."""
+    conn.execute(
+        "TRUNCATE campaigns, send_queue, dead_letters, message_statuses, suppressions, rate_limits, templates, "
+        "meta_events, messaging_limits RESTART IDENTITY CASCADE"
+    )
 
 
 def phone(i: int) -> str:
@@ -114,6 +121,30 @@ def post_statuses(statuses: list[dict], secret: str | None = WEBHOOK_SECRET) -> 
     if secret is not None:
         event["headers"]["x-hub-signature-256"] = "sha256=" + hmac.new(secret.encode(), body.encode(), hashlib.sha256).hexdigest()
     return invoke_webhook(event)
+
+
+def post_change(field: str, value: dict, at: int | None = None, waba_id: str = "102290129340398",
+                secret: str = WEBHOOK_SECRET) -> dict:
+    """POST one account change (template status, capability ...) to the webhook handler, signed, as Meta sends it.
+
+    `at`: the entry's time (Unix seconds; default now).
+    """
+    entry = {"id": waba_id, "time": int(time.time()) if at is None else at, "changes": [{"value": value, "field": field}]}
+    body = json.dumps({"object": "whatsapp_business_account", "entry": [entry]})
+    event = load_event("webhook_status_post.json")
+    event["body"] = body
+    event["headers"]["x-hub-signature-256"] = "sha256=" + hmac.new(secret.encode(), body.encode(), hashlib.sha256).hexdigest()
+    return invoke_webhook(event)
+
+
+def template_status(event: str, name: str = "order_update", language: str = "en-US", title: str | None = None,
+                    at: int | None = None, reason: str = "NONE") -> dict:
+    """POST a message_template_status_update as Meta sends it (language in Meta's hyphen form)."""
+    value = {"event": event, "message_template_id": 1689556908129832, "message_template_name": name,
+             "message_template_language": language, "reason": reason, "message_template_category": "MARKETING"}
+    if title:
+        value["other_info"] = {"title": title, "description": f"Your WhatsApp message template {title.lower()}."}
+    return post_change("message_template_status_update", value, at)
 
 
 def status_update(

@@ -104,6 +104,7 @@ class FakeGraph:
             self._template_ids = itertools.count(_TEMPLATE_ID_BASE)
             self._unarchived_status: dict[tuple[str, str], str] = {}  # status an ARCHIVED template returns to
             self._get_plans: deque[str] = deque()
+            self.reads: list[str] = []  # the path of every authorised GET, in order (tests count reads with it)
             self.messaging_limit: int | None = None  # unique recipients per window (None: no limit)
             self.messaging_tier: str | None = "TIER_UNLIMITED"  # what GET answers (None: the field is refused)
             self.limit_window = 86400.0
@@ -570,8 +571,9 @@ class FakeGraph:
             return 132000, "(#132000) Number of parameters does not match the expected number of params", details
         return None
 
-    def _next_get_fault(self) -> str:
+    def _next_get_fault(self, path: str) -> str:
         with self._lock:
+            self.reads.append(path)
             return self._get_plans.popleft() if self._get_plans else "ok"
 
     def _list_templates(self, query: Mapping[str, list[str]], base_url: str) -> dict:
@@ -700,7 +702,7 @@ def _handler_for(graph: FakeGraph) -> type[BaseHTTPRequestHandler]:
             token = self.headers.get("Authorization") or "Bearer " + (query.get("access_token") or [""])[-1]
             if token != f"Bearer {graph.token}":
                 return self._error(401, 190, "Invalid OAuth access token")
-            fault = graph._next_get_fault()
+            fault = graph._next_get_fault(url.path)
             kind, _, arg = fault.partition(":")
             if kind == "error":
                 code = int(arg)
