@@ -1,0 +1,91 @@
+"""Meta's answers that mean "not now": each with its waiting rule, and status says so (docs/graph-errors.md)."""
+
+from __future__ import annotations
+
+from sendonce import control
+from sendonce.cli import main
+from sendonce.local.lambda_runtime import LocalContext, load_handler
+from tests.helpers import load_event, phone, queue_rows
+
+
+def _reset_stuck() -> dict:
+    return load_handler("reset_stuck")(load_event("reset_stuck_schedule.json"), LocalContext("reset_stuck"))
+
+
+def test_per_user_marketing_limit_waits_24_hours_without_a_message_then_tries_once_more(
+    make_campaign, graph, pg_conn, event_source, aws, capsys
+):
+    # Given Meta's per-user marketing limit (131049) for one recipient, twice, and for another once
+    graph.plan(phone(1), "error:131049", "error:131049")
+    graph.plan(phone(2), "error:131049")
+    campaign_id = make_campaign(phone(1), phone(2), phone(3))
+    event_source.run_until_empty(timeout=60)
+
+    # Then both wait 24 h, `ready` with no message (the queue is empty), and status says so
+    rows = queue_rows(pg_conn, campaign_id)
+    for number in (phone(1), phone(2)):
+        assert (rows[number]["status"], rows[number]["wait_reason"]) == ("ready", "per-user marketing limit (131049)")
+    assert event_source.queue_depth() == 0
+    status = control.status(pg_conn, campaign_id)
+    assert (status["pending"], status["sent"]) == (2, 1)
+    assert [(w["reason"], w["rows"]) for w in status["waiting"]] == [("per-user marketing limit (131049)", 2)]
+    assert status["not_now"] == [{"code": 131049, "status": "ready", "rows": 2,
+                                  "title": control.NOT_NOW_TITLES[131049]}]
+    assert main(["campaign", "status", campaign_id]) == 0
+    assert "2 rows wait: per-user marketing limit (131049), until" in capsys.readouterr().out
+    assert _reset_stuck()["released"] == 0  # not before the 24 h
+
+    # When the 24 h are over (moved into the past) and the schedule runs
+    pg_conn.execute("UPDATE send_queue SET wait_until = now() - interval '1 second' WHERE wait_until IS NOT NULL")
+    assert _reset_stuck()["released"] == 2
+    event_source.run_until_empty(timeout=60)
+
+    # Then the one Meta took now is sent; the one refused again is failed, not retried a third time
+    rows = queue_rows(pg_conn, campaign_id)
+    assert {n: r["status"] for n, r in rows.items()} == {phone(1): "failed", phone(2): "sent", phone(3): "sent"}
+    assert rows[phone(1)]["last_error_code"] == 131049
+    assert graph.accepted == {phone(2): 1, phone(3): 1}
+    assert sum(1 for r in graph.requests if r["to"] == phone(1)) == 2
+
+
+def test_spam_rate_limit_pauses_the_campaign_for_the_pause_then_auto_resume_finishes_it(
+    graph, pg_conn, aws, event_source, monkeypatch
+):
+    import uuid
+
+    from sendonce.campaigns import NewCampaign, create_campaign
+    from sendonce.contacts import Contact, ContactList
+
+    # Given an auto-resume campaign, and the number hitting Meta's spam rate limit (131048) on its first send
+    monkeypatch.setenv("SPAM_PAUSE_SECONDS", "120")
+    new = NewCampaign("spam", "order_update", "en_US", "106540352242922", id=str(uuid.uuid4()), auto_resume=True)
+    contacts = ContactList(contacts=[Contact(phone(i), ("x",)) for i in range(5)])
+    for i in range(5):
+        graph.plan(phone(i), "error:131048")
+    campaign_id = create_campaign(pg_conn, new, contacts, aws.send_queue_url).campaign_id
+    event_source.run_until_empty(timeout=60)
+
+    # Then it is paused by the spam limit for 120 s, nothing was sent, nothing failed
+    status = control.status(pg_conn, campaign_id)
+    assert (status["status"], status["paused_by"], status["failed"], status["pending"]) == ("paused", "spam_limit", 0, 5)
+    assert "131048" in status["pause_reason"]
+    assert _reset_stuck()["resumed"] == []
+
+    # When the pause is over (moved into the past), the schedule resumes it and it finishes, each once
+    pg_conn.execute("UPDATE campaigns SET paused_until = now() - interval '1 second' WHERE id = %s", (campaign_id,))
+    graph.reset()
+    assert _reset_stuck()["resumed"] == [campaign_id]
+    event_source.run_until_empty(timeout=60)
+    assert graph.accepted == {phone(i): 1 for i in range(5)}
+
+
+def test_experiment_answer_fails_and_retry_failed_never_resends_it(make_campaign, graph, pg_conn, event_source, aws):
+    graph.plan(phone(1), "error:130472")
+    campaign_id = make_campaign(phone(1), phone(2))
+    event_source.run_until_empty(timeout=60)
+
+    assert queue_rows(pg_conn, campaign_id)[phone(1)]["status"] == "failed"
+    assert control.status(pg_conn, campaign_id)["not_now"][0]["code"] == 130472
+    assert control.retry_failed(pg_conn, campaign_id, aws.send_queue_url)["rows_retried"] == 0
+    event_source.run_until_empty(timeout=60)
+    assert sum(1 for r in graph.requests if r["to"] == phone(1)) == 1
