@@ -7,6 +7,7 @@ Used by the enumeration of every statement of every handler (test_fault_enumerat
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
@@ -204,7 +205,7 @@ def post_accepted(w: World) -> None:
 def settle(w: World) -> None:
     """Redeliveries, dead letters, webhooks (if any), reset_stuck past the window, until nothing is pending."""
     w.direct()
-    for _ in range(6):
+    for _ in range(10):
         expire_in_flight(w)
         drain(w, w.aws.send_queue_url, "sender")
         drain(w, w.aws.dlq_url, "dlq_handler")
@@ -212,9 +213,14 @@ def settle(w: World) -> None:
             post_accepted(w)
         w.pg.execute("UPDATE send_queue SET claimed_at = claimed_at - interval '601 s' WHERE status = 'processing'")
         load_handler("reset_stuck")(load_event("reset_stuck_schedule.json"), LocalContext("reset_stuck"))
-        pending = w.pg.execute("SELECT count(*) FROM send_queue WHERE status IN ('ready', 'processing')").fetchone()[0]
+        pending, wait = w.pg.execute(
+            "SELECT count(*), extract(epoch FROM min(wait_until) - now()) FROM send_queue "
+            "WHERE status IN ('ready', 'processing')"
+        ).fetchone()
         if not pending:
             break
+        if wait is not None and 0 < wait <= 5:
+            time.sleep(float(wait) + 0.05)  # time passes: the next run finds the rows' wait over
     control.recompute(w.pg)
 
 
@@ -237,6 +243,8 @@ def violations(w: World) -> list[str]:
             found.append(f"G4: {where} accepted by Meta but not counted sent")
         if r["status"] == "sent" and r["whatsapp_message_id"] not in w.graph.wamids.get(r["phone_number"], []):
             found.append(f"G4: {where} sent with a WAMID Meta never gave")
+    if w.graph.over_limit:
+        found.append(f"limit: Meta took {sum(w.graph.over_limit.values())} sends past the portfolio's messaging limit")
     blind = sum(r["unconfirmed_resends"] for r in rows)
     if blind > w.allowed_blind:
         found.append(f"G2: {blind} resends without evidence, {w.allowed_blind} allowed")

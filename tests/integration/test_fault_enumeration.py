@@ -22,22 +22,24 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import pytest
 
-from sendonce import journal, whatsapp
+from sendonce import journal, messaging_limit, sqs, whatsapp
 from sendonce.callback import sign
 from sendonce.cli import main
-from sendonce.local import services
+from sendonce.local import reset_clients, services
+from sendonce.local.fake_graph import WABA_ID
 from sendonce.local.lambda_runtime import LocalContext, load_handler
 from sendonce.local.pgproxy import WHENS
 from sendonce.models import Disposition, QueueMessage
 from sendonce.repository.sending import claim_rows
 from tests.faults import PHONE_NUMBER_ID, REPORT, World, drain, settle, violations
-from tests.helpers import load_event, phone, post_statuses, settle_received, status_update
+from tests.helpers import load_event, phone, post_statuses, settle_received, status_update, template_status
 
 pytestmark = pytest.mark.faults
 
@@ -98,6 +100,62 @@ def _setup_sender_deferring(w: World) -> None:
 def _setup_sender_plain(w: World) -> None:
     w.campaign((), ("error:131000",), ("error:131026",))
     w.event = w.receive(3)
+
+
+LIMIT_WINDOW = "1.5"  # seconds: the messaging window, simulated
+
+
+def _limited(w: World, limit: int) -> None:
+    """The number's portfolio may message `limit` users per LIMIT_WINDOW seconds; Meta (the fake) enforces it too."""
+    w.monkeypatch.setenv("MESSAGING_WINDOW_SECONDS", LIMIT_WINDOW)
+    reset_clients()
+    messaging_limit.set_limit(w.pg, PHONE_NUMBER_ID, str(limit))
+    w.graph.set_messaging_limit(limit, window_seconds=float(LIMIT_WINDOW))
+
+
+def _setup_sender_limited(w: World) -> None:
+    # Four rows for a limit of two, all enqueued (as after a resume): the claim admits two, the others wait; one
+    # of the admitted gets a transient error.
+    _limited(w, 2)
+    campaign_id = w.campaign((), ("error:131000",), (), (), enqueue=False)
+    sqs.send_messages(w.aws.send_queue_url, [QueueMessage(r["id"], campaign_id, "setup") for r in w.rows()])
+    w.event = w.receive(4)
+
+
+def _setup_reset_stuck_waiting(w: World) -> None:
+    # Rows whose wait is over (a 131049's day, room in the limit), and an auto-resume campaign whose template was
+    # approved again: the schedule enqueues the rows and resumes the campaign.
+    w.campaign((), (), enqueue=False)
+    w.pg.execute("UPDATE send_queue SET wait_until = now() - interval '1 s', wait_reason = 'test'")
+    paused = w.campaign((), ())
+    w.pg.execute("UPDATE campaigns SET status = 'paused', paused_by = 'template', auto_resume = true, "
+                 "paused_until = now() - interval '1 s' WHERE id = %s", (paused,))
+
+
+def _setup_template_webhook(w: World) -> None:
+    w.graph.add_template("order_update", "en_US", body="Hello {{1}}")
+    w.campaign((), (), ())
+    w.event = {"at": int(time.time())}  # the POST's time: Meta delivers the same notification again
+
+
+def _template_webhook_act(w: World) -> bool:
+    w.proxied()
+    try:
+        return template_status("PAUSED", title="FIRST_PAUSE", at=w.event["at"])["statusCode"] == 200
+    except Exception:  # noqa: BLE001 - answered 5xx: Meta delivers the POST again
+        return False
+
+
+def _template_webhook_recover(w: World, ok: bool) -> None:
+    # Meta delivers a POST until it is answered 200 (a 200 whose reply was lost too: delivered again, harmless).
+    w.direct()
+    assert template_status("PAUSED", title="FIRST_PAUSE", at=w.event["at"])["statusCode"] == 200
+    paused = w.pg.execute("SELECT status, paused_by FROM campaigns").fetchone()
+    assert paused == ("paused", "template"), paused
+    drain(w, w.aws.send_queue_url, "sender")  # acknowledged unsent
+    template_status("APPROVED", at=w.event["at"] + 1)
+    assert main(["campaign", "resume", w.campaign_ids[0]]) == 0
+    assert w.pg.execute("SELECT count(*) FROM meta_events").fetchone()[0] == 2
 
 
 def _setup_reset_stuck(w: World) -> None:
@@ -196,6 +254,11 @@ CREATE_ID = "7c1e3f55-0d7a-4a8e-9d0c-3b5f6e2a1c90"
 
 
 def _setup_create(w: World) -> None:
+    # With the template checked (read from the Graph API, kept in the cache) and a messaging limit of two: one
+    # row waits for room.
+    w.monkeypatch.setenv("WHATSAPP_BUSINESS_ACCOUNT_ID", WABA_ID)
+    w.graph.add_template("order_update", "en_US", body="Hello {{1}}")
+    _limited(w, 2)
     w.csv = w.folder / "contacts.csv"
     w.csv.write_text("phone,param1\n" + "".join(f"+{phone(i)},Asha\n" for i in range(3)))
     w.graph.plan(phone(1), "error:131026")
@@ -285,9 +348,12 @@ SCENARIOS = [
     Scenario("sender (deferred row)", _setup_sender_deferring, _sender_act, outage=True, kill=True),
     Scenario("sender (deferred row, with webhooks)", _setup_sender_deferring, _sender_act, webhooks=True),
     Scenario("sender", _setup_sender_plain, _sender_act),
+    Scenario("sender (messaging limit)", _setup_sender_limited, _sender_act, kill=True),
     Scenario("reset_stuck", _setup_reset_stuck, _reset_stuck_act),
     Scenario("reset_stuck (with webhooks)", _setup_reset_stuck, _reset_stuck_act, webhooks=True),
+    Scenario("reset_stuck (waits over, auto-resume)", _setup_reset_stuck_waiting, _reset_stuck_act),
     Scenario("webhook", _setup_webhook, _webhook_act, _webhook_recover),
+    Scenario("webhook (template status)", _setup_template_webhook, _template_webhook_act, _template_webhook_recover),
     Scenario("dlq_handler", _setup_dlq, _dlq_act, _dlq_recover),
     Scenario("campaign create", _setup_create, _create_act, _create_recover),
     Scenario("campaign pause", _setup_pause, _control("pause"), _rerun("pause", _resume_after_pause)),
