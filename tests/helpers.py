@@ -41,20 +41,25 @@ STATUS_EPOCH = int(time.time()) - 3600
 def load_event(name: str) -> dict:
     """An event file from events/, as `sam local invoke -e` reads it.
 
-    The signed status POST is brought up to date: its statuses moved to the last hour (in their order) and the
-    body signed again with the secret it was signed with, so that it does not age out of Meta's retry window.
+    The signed webhook POSTs are brought up to date: their statuses moved to the last hour (in their order), a
+    template event's time to now, and the body signed again with the secret it was signed with, so that they do
+    not age out of Meta's retry window.
     """
     event = json.loads((EVENTS / name).read_text())
+    if name not in ("webhook_status_post.json", "webhook_template_status.json"):
+        return event
+    body = json.loads(event["body"])
     if name == "webhook_status_post.json":
-        body = json.loads(event["body"])
         statuses = body["entry"][0]["changes"][0]["value"]["statuses"]
         first = min(int(s["timestamp"]) for s in statuses)
         for status in statuses:
             status["timestamp"] = str(STATUS_EPOCH + int(status["timestamp"]) - first)
-        event["body"] = json.dumps(body)
-        event["headers"]["x-hub-signature-256"] = "sha256=" + hmac.new(
-            WEBHOOK_SECRET.encode(), event["body"].encode(), hashlib.sha256
-        ).hexdigest()
+    else:
+        body["entry"][0]["time"] = int(time.time())
+    event["body"] = json.dumps(body)
+    event["headers"]["x-hub-signature-256"] = "sha256=" + hmac.new(
+        WEBHOOK_SECRET.encode(), event["body"].encode(), hashlib.sha256
+    ).hexdigest()
     return event
 
 

@@ -16,7 +16,8 @@ METRICS = (
     "Sent", "FailedPermanent", "FailedHalt", "FailedExhausted", "SkippedAlreadySent", "DeferredThrottle",
     "DeferredNoSlot", "Ambiguous", "ResentWithoutEvidence", "Reset", "RecoveredFromJournal", "ReconciledByWebhook",
     "DeadLettered", "WebhookAccepted", "WebhookRefused", "WebhookStatusesApplied", "ClaimLatency", "FinalizeLatency",
-    "GraphLatency", "StuckRows", "CampaignsWithoutProgress",
+    "GraphLatency", "StuckRows", "CampaignsWithoutProgress", "WaitingForMessagingLimit", "WaitingNotNow",
+    "ReleasedFromWait", "CampaignsPausedByTemplate",
 )
 # alarm logical id -> its section of docs/runbook.md
 ALARMS = {
@@ -40,7 +41,10 @@ FUNCTION_ENV = {
     "RecomputeCountersFunction": {"DATABASE_URL"},
     "DlqHandlerFunction": {"DATABASE_URL"},
     "WebhookFunction": {"DATABASE_URL", "WHATSAPP_APP_SECRET", "WEBHOOK_VERIFY_TOKEN"},
-    "CampaignsApiFunction": {"DATABASE_URL", "SEND_QUEUE_URL", "CONTACTS_BUCKET"},
+    "CampaignsApiFunction": {
+        "DATABASE_URL", "SEND_QUEUE_URL", "CONTACTS_BUCKET", "WHATSAPP_BUSINESS_ACCOUNT_ID", "WHATSAPP_ACCESS_TOKEN",
+        "WHATSAPP_API_BASE_URL",
+    },
 }
 SECRET_PARAMETERS = {
     "DATABASE_URL": "DatabaseUrlSecretArn",
@@ -53,7 +57,7 @@ FUNCTION_SECRETS = {
     "RecomputeCountersFunction": {"DatabaseUrlSecretArn"},
     "DlqHandlerFunction": {"DatabaseUrlSecretArn"},
     "WebhookFunction": {"DatabaseUrlSecretArn", "WhatsAppAppSecretSecretArn"},
-    "CampaignsApiFunction": {"DatabaseUrlSecretArn"},
+    "CampaignsApiFunction": {"DatabaseUrlSecretArn", "WhatsAppAccessTokenSecretArn"},
 }
 TOPIC_ACTIONS = {"If": ["HasAlarmTopic", [{"Ref": "AlarmTopicArn"}], {"Ref": "AWS::NoValue"}]}
 SERVICE_DIMENSION = [{"Name": "service", "Value": "sendonce"}]

@@ -14,7 +14,15 @@ from sendonce.config import get_settings
 from sendonce.contacts import Contact, ContactList
 from sendonce.local.fake_graph import WABA_ID
 from sendonce.local.lambda_runtime import LocalContext, load_handler
-from tests.helpers import WEBHOOK_SECRET, load_event, phone, post_change, queue_rows, template_status
+from tests.helpers import (
+    WEBHOOK_SECRET,
+    invoke_webhook,
+    load_event,
+    phone,
+    post_change,
+    queue_rows,
+    template_status,
+)
 
 NUMBER = "106540352242922"
 
@@ -111,6 +119,15 @@ def test_auto_resume_campaign_resumes_by_itself_when_its_template_is_approved_ag
     assert meta.accepted == {phone(i): 1 for i in range(12)}
     assert control.status(pg_conn, campaign_id)["status"] == "running"  # until recompute completes it
     assert _campaign_row(pg_conn, campaign_id)[1] is None
+
+
+def test_the_event_file_pauses_the_campaigns_of_its_template(meta, pg_conn, aws):
+    # events/webhook_template_status.json, as `sam local invoke WebhookFunction -e ...` sends it
+    campaign_id = _campaign(aws, pg_conn, 2)
+
+    assert invoke_webhook(load_event("webhook_template_status.json"))["statusCode"] == 200
+
+    assert _campaign_row(pg_conn, campaign_id)[:2] == ("paused", "template")
 
 
 def test_disabled_template_pauses_for_good(meta, pg_conn, aws, event_source, capsys):
