@@ -34,10 +34,17 @@ def test_per_user_marketing_limit_waits_24_hours_without_a_message_then_tries_on
     assert main(["campaign", "status", campaign_id]) == 0
     assert "2 rows wait: per-user marketing limit (131049), until" in capsys.readouterr().out
     assert _reset_stuck()["released"] == 0  # not before the 24 h
+    # ... and rows that wait are no stall, however long the counters stay still
+    pg_conn.execute("UPDATE campaigns SET progress_at = now() - interval '2 hours'")
+    assert control.recompute(pg_conn, campaign_id) == [(campaign_id, "running", False)]
 
     # When the 24 h are over (moved into the past) and the schedule runs
     pg_conn.execute("UPDATE send_queue SET wait_until = now() - interval '1 second' WHERE wait_until IS NOT NULL")
     assert _reset_stuck()["released"] == 2
+
+    # (pending rows that no longer wait are a stall, once the counters stayed still long enough)
+    pg_conn.execute("UPDATE campaigns SET progress_at = now() - interval '2 hours'")
+    assert control.recompute(pg_conn, campaign_id) == [(campaign_id, "running", True)]
     event_source.run_until_empty(timeout=60)
 
     # Then the one Meta took now is sent; the one refused again is failed, not retried a third time

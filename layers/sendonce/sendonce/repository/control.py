@@ -154,8 +154,14 @@ WHERE v.campaign_id = c.id
            THEN c.completed_at IS NULL OR c.completed_at > now() - interval '7 days'
            ELSE c.id = %(campaign_id)s::uuid END
 RETURNING c.id::text, c.status,
-          -- stalled: running, rows pending, and the counters have not moved for the window
-          c.status = 'running' AND v.pending > 0 AND c.progress_at < now() - make_interval(secs => %(stalled_after)s)
+          -- stalled: running, rows pending that do not wait (for the messaging limit, a 131049: that is no
+          -- stall), and the counters have not moved for the window
+          CASE WHEN c.status = 'running' AND v.pending > 0
+                    AND c.progress_at < now() - make_interval(secs => %(stalled_after)s)
+               THEN EXISTS (SELECT 1 FROM send_queue q
+                            WHERE q.campaign_id = c.id AND q.status IN ('ready', 'processing')
+                              AND (q.wait_until IS NULL OR q.wait_until <= now()))
+               ELSE false END
 """
 
 SELECT_STORED_TOTALS = """
