@@ -27,6 +27,7 @@ TIERS: dict[str, int | None] = {
 }
 LIMIT_FIELD = "whatsapp_business_manager_messaging_limit"
 UNKNOWN = "unknown (not configured and not readable from the Graph API): campaigns are not held back"
+SOURCES = {"graph": "read from the Graph API", "operator": "set by an operator", "webhook": "from Meta's webhook"}
 
 
 def parse_limit(value: object) -> tuple[bool, int | None, str | None]:
@@ -109,9 +110,10 @@ def usage(conn: psycopg.Connection, phone_number_id: str) -> dict:
         "next_room_at": _iso(next_room) if cap is not None and found["used"] >= cap else None,
     }
     if cap is None:
-        result["message"] = f"messaging limit: unlimited ({found['source']})"
+        result["message"] = f"messaging limit: unlimited ({SOURCES[found['source']]})"
     else:
-        result["message"] = f"messaging limit: {found['used']:,} of {cap:,} used in the last {_window_text()}"
+        result["message"] = (f"messaging limit: {found['used']:,} of {cap:,} used in the last {_window_text()} "
+                             f"({SOURCES[found['source']]})")
     return result
 
 

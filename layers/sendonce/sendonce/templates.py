@@ -97,7 +97,8 @@ def preflight(
     problem = template_problem(template, param_count, components)
     if problem:
         raise TemplateError(f"template {name} ({language}) {problem}")
-    return TemplateCheck("passed", f"template {name} ({language}) is APPROVED and takes {param_count} body parameters")
+    takes = f"{param_count} body parameter{'' if param_count == 1 else 's'}"
+    return TemplateCheck("passed", f"template {name} ({language}) is APPROVED and takes {takes}")
 
 
 def fetch(waba_id: str, name: str) -> list[dict]:

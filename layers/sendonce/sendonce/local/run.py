@@ -58,6 +58,7 @@ class LocalRunReport:
     seed: int
     finished: bool
     notes: list[str] = field(default_factory=list)
+    checks: list[str] = field(default_factory=list)  # what campaign create said: the template, the messaging limit
 
     @property
     def duplicates(self) -> int:
@@ -165,6 +166,8 @@ def local_run(contact_count: int = 200, chaos: bool = False, seed: int = 1, send
             finished=finished,
         )
         report.notes += stack.timer_errors[:10]
+        report.checks = [created.template_check.message] if created.template_check else []
+        report.checks += [created.messaging_limit["message"]] if created.messaging_limit else []
         if not finished:
             report.notes.insert(0, f"did not finish in {deadline - started:.0f} s: {counters['pending']} rows pending")
         return report
@@ -221,6 +224,7 @@ def report_lines(report: LocalRunReport) -> list[str]:
         f"{'chaos, seed ' + str(report.seed) if report.chaos else 'no chaos'})",
         f"  contacts file: {report.contacts} rows -> {report.recipients} recipients, {report.invalid} invalid, "
         f"{report.duplicates_collapsed} duplicates collapsed",
+        *(f"  {check}" for check in report.checks),
         "",
         f"  {'':34}{'this run':>14}{'the incident':>16}",
         f"  {'contacts':34}{report.recipients:>14,}{INCIDENT['contacts']:>16,}",

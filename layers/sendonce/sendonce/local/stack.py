@@ -34,7 +34,7 @@ from collections import Counter
 from pathlib import Path
 
 from sendonce.local import poller, services
-from sendonce.local.fake_graph import FakeGraph
+from sendonce.local.fake_graph import WABA_ID, FakeGraph
 from sendonce.local.lambda_runtime import PROJECT_ROOT, LocalContext, load_handler
 
 # The stack's windows, scaled down for a local run (template.yaml's values in the comments).
@@ -148,6 +148,9 @@ class LocalStack:
         self.graph = FakeGraph(token=f"local-{secrets.token_hex(8)}", chaos=self.chaos, seed=self.seed,
                                throttle_mps=GRAPH_THROTTLE_MPS)
         self.graph.post_statuses_to(self.webhook_url, self.app_secret, chaos=self.chaos, seed=self.seed)
+        # The template the local campaigns use, approved in the fake WABA: `campaign create` checks it there.
+        self.graph.add_template("order_update", "en_US", body="Hello {{1}}, your order is on its way.",
+                                category="UTILITY")
         self.graph.start()
         self._on_close("fake Graph", self.graph.stop)
 
@@ -158,6 +161,7 @@ class LocalStack:
                 **SCALED,
                 "WHATSAPP_API_BASE_URL": self.graph.url,
                 "WHATSAPP_ACCESS_TOKEN": self.graph.token,
+                "WHATSAPP_BUSINESS_ACCOUNT_ID": WABA_ID,
                 "WHATSAPP_APP_SECRET": self.app_secret,
                 "WEBHOOK_VERIFY_TOKEN": self.verify_token,
                 "POWERTOOLS_TRACE_DISABLED": "true",
@@ -307,7 +311,8 @@ class LocalStack:
         """What a shell needs to run every CLI command and reach the HTTP API against this stack."""
         names = ("DATABASE_URL", "SEND_QUEUE_URL", "DLQ_URL", "IDEMPOTENCY_TABLE", "AWS_ENDPOINT_URL_SQS",
                  "AWS_ENDPOINT_URL_DYNAMODB", "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_ACCESS_KEY_ID",
-                 "AWS_SECRET_ACCESS_KEY", *SCALED)
+                 "AWS_SECRET_ACCESS_KEY", "WHATSAPP_BUSINESS_ACCOUNT_ID", "WHATSAPP_API_BASE_URL", "WHATSAPP_ACCESS_TOKEN",
+                 *SCALED)
         return {
             **{name: os.environ[name] for name in names if name in os.environ},
             "SENDONCE_API_URL": self.api_url,
