@@ -96,10 +96,11 @@ $$;
 CREATE FUNCTION messaging_room_at(place bigint, cap integer, recent timestamptz[], window_seconds float8)
 RETURNS timestamptz
 LANGUAGE sql STABLE AS $$
-    SELECT CASE WHEN b <= free THEN now() ELSE recent[b - free] + make_interval(secs => window_seconds) END
-           + make_interval(secs => window_seconds * rounds)
-    FROM (SELECT ((place - 1) % cap + 1)::integer AS b, ((place - 1) / cap)::float8 AS rounds,
-                 cap - coalesce(cardinality(recent), 0) AS free) p
+    -- One expression (no FROM), so that PostgreSQL inlines it into the statements that call it per row.
+    SELECT CASE WHEN (place - 1) % cap + 1 <= cap - coalesce(cardinality(recent), 0) THEN now()
+                ELSE recent[(place - 1) % cap + 1 - (cap - coalesce(cardinality(recent), 0))]
+                     + make_interval(secs => window_seconds) END
+           + make_interval(secs => window_seconds * ((place - 1) / cap))
 $$;
 
 -- The claim's admission (sender): which of a batch's sendable rows may be sent now. Rows of numbers without a

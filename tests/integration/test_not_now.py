@@ -5,6 +5,7 @@ from __future__ import annotations
 from sendonce import control
 from sendonce.cli import main
 from sendonce.local.lambda_runtime import LocalContext, load_handler
+from sendonce.models import QueueMessage
 from tests.helpers import load_event, phone, queue_rows
 
 
@@ -34,6 +35,12 @@ def test_per_user_marketing_limit_waits_24_hours_without_a_message_then_tries_on
     assert main(["campaign", "status", campaign_id]) == 0
     assert "2 rows wait: per-user marketing limit (131049), until" in capsys.readouterr().out
     assert _reset_stuck()["released"] == 0  # not before the 24 h
+    # ... and a dead message of a waiting row (its receives ran out while it was sent) does not fail it
+    waiting_row = rows[phone(2)]
+    dead = {"Records": [{"messageId": "dead-1", "receiptHandle": "r", "attributes": {"ApproximateReceiveCount": "6"},
+                         "body": QueueMessage(waiting_row["id"], campaign_id, waiting_row["enqueue_id"] or "x").body()}]}
+    assert load_handler("dlq_handler")(dead, LocalContext("dlq_handler")) is not None
+    assert queue_rows(pg_conn, campaign_id)[phone(2)]["status"] == "ready"
     # ... and rows that wait are no stall, however long the counters stay still
     pg_conn.execute("UPDATE campaigns SET progress_at = now() - interval '2 hours'")
     assert control.recompute(pg_conn, campaign_id) == [(campaign_id, "running", False)]

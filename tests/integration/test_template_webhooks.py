@@ -130,6 +130,34 @@ def test_the_event_file_pauses_the_campaigns_of_its_template(meta, pg_conn, aws)
     assert _campaign_row(pg_conn, campaign_id)[:2] == ("paused", "template")
 
 
+def test_auto_resume_whose_enqueue_fails_is_paused_again_and_retried_by_the_next_run(
+    meta, pg_conn, aws, event_source, monkeypatch
+):
+    # Given an auto-resume campaign paused by its template, approved again, and SQS refusing the enqueue once
+    campaign_id = _campaign(aws, pg_conn, 4, auto_resume=True)
+    template_status("PAUSED", title="FIRST_PAUSE")
+    event_source.run_until_empty(timeout=60)
+    template_status("APPROVED")
+    monkeypatch.setenv("SEND_QUEUE_URL", aws.send_queue_url + "-gone")
+    get_settings.cache_clear()
+    from sendonce.sqs import get_sqs_client
+
+    get_sqs_client.cache_clear()
+
+    # When the schedule runs: the resume fails, and the campaign is paused again, due, saying why
+    assert _reset_stuck()["resumed"] == []
+    status, paused_by, reason, left = _campaign_row(pg_conn, campaign_id)
+    assert (status, paused_by) == ("paused", "template") and left.total_seconds() <= 0
+    assert reason.startswith("automatic resume failed, tried again at the next run: ")
+
+    # When SQS is back, the next run resumes it, and every recipient gets the message once
+    monkeypatch.setenv("SEND_QUEUE_URL", aws.send_queue_url)
+    get_settings.cache_clear()
+    assert _reset_stuck()["resumed"] == [campaign_id]
+    event_source.run_until_empty(timeout=60)
+    assert meta.accepted == {phone(i): 1 for i in range(4)}
+
+
 def test_disabled_template_pauses_for_good(meta, pg_conn, aws, event_source, capsys):
     campaign_id = _campaign(aws, pg_conn, 3, auto_resume=True)
     template_status("DISABLED")

@@ -9,7 +9,7 @@ import psycopg
 from sendonce import campaigns, messaging_limit
 from sendonce.campaigns import canonical_campaign_id
 from sendonce.config import get_settings
-from sendonce.errors import CampaignInputError, CampaignNotFoundError, CampaignStateError
+from sendonce.errors import CampaignInputError, CampaignNotFoundError, CampaignStateError, ConfigError, EnqueueError
 from sendonce.observability import gauge, logger
 from sendonce.repository import control as repository
 
@@ -170,11 +170,18 @@ def auto_resume(conn: psycopg.Connection, queue_url: str) -> list[str]:
     A campaign that cannot resume (its state changed meanwhile) is logged and left alone.
     """
     resumed = []
-    for campaign_id in repository.due_auto_resume(conn):
+    for campaign_id, paused_by in repository.due_auto_resume(conn):
         try:
             resume(conn, campaign_id, queue_url)
         except (CampaignStateError, CampaignNotFoundError) as exc:
             logger.warning("campaign not resumed automatically", campaign_id=campaign_id, error=str(exc))
+            continue
+        except (EnqueueError, ConfigError) as exc:
+            # Resumed, but its rows were not all enqueued: paused again, due, for the next run (repeating an
+            # enqueue is harmless: the claim sends each row once).
+            logger.error("automatic resume failed; tried again at the next run", campaign_id=campaign_id,
+                         error=str(exc)[:500])
+            repository.pause_again(conn, campaign_id, paused_by, str(exc)[:500])
             continue
         logger.info("campaign resumed automatically", campaign_id=campaign_id)
         resumed.append(campaign_id)

@@ -69,9 +69,18 @@ WHERE c.id = %(campaign_id)s AND t.status <> 'APPROVED' AND NOT (t.status = 'PAU
 # Paused campaigns that asked to resume by themselves, whose pause is over: their template was approved again
 # (or Meta's pause time passed), or a spam-limit pause ended.
 SELECT_DUE_AUTO_RESUME = """
-SELECT id::text FROM campaigns
+SELECT id::text, paused_by FROM campaigns
 WHERE status = 'paused' AND auto_resume AND paused_by IN ('template', 'spam_limit') AND paused_until <= now()
 ORDER BY paused_until
+"""
+
+# An automatic resume whose enqueue failed: paused again as it was, due again, so that the next run tries again
+# (a running campaign whose rows were never enqueued would wait for an operator).
+PAUSE_AGAIN = """
+UPDATE campaigns
+SET status = 'paused', paused_by = %(paused_by)s, paused_until = now(), updated_at = now(),
+    pause_reason = 'automatic resume failed, tried again at the next run: ' || %(reason)s
+WHERE id = %(campaign_id)s AND status = 'running'
 """
 
 # Rows in flight (`processing`) are left to finish: their send may already be accepted, and it is counted.
@@ -228,9 +237,9 @@ def template_block(conn: psycopg.Connection, campaign_id: str) -> dict | None:
     return found[0] if found else None
 
 
-def due_auto_resume(conn: psycopg.Connection) -> list[str]:
-    """Paused campaigns with auto_resume whose pause is over."""
-    return [campaign_id for (campaign_id,) in rows(conn, SELECT_DUE_AUTO_RESUME, {}, "reading paused campaigns failed")]
+def due_auto_resume(conn: psycopg.Connection) -> list[tuple[str, str]]:
+    """(id, paused_by) of the paused campaigns with auto_resume whose pause is over."""
+    return [tuple(row) for row in rows(conn, SELECT_DUE_AUTO_RESUME, {}, "reading paused campaigns failed")]
 
 
 def campaign_detail(conn: psycopg.Connection, campaign_id: str, codes: list[int]) -> dict | None:
@@ -238,3 +247,9 @@ def campaign_detail(conn: psycopg.Connection, campaign_id: str, codes: list[int]
     found = rows(conn, SELECT_CAMPAIGN_DETAIL, {"campaign_id": campaign_id, "codes": codes},
                  "reading the campaign failed", dicts=True)
     return found[0] if found else None
+
+
+def pause_again(conn: psycopg.Connection, campaign_id: str, paused_by: str, reason: str) -> None:
+    """Pause a campaign whose automatic resume failed, as it was and due again (PAUSE_AGAIN)."""
+    params = {"campaign_id": campaign_id, "paused_by": paused_by, "reason": reason}
+    rows(conn, PAUSE_AGAIN, params, "pausing the campaign again failed")

@@ -61,6 +61,8 @@ SET status = 'failed',
 FROM unnest(%(ids)s::bigint[], %(campaign_ids)s::uuid[], %(enqueue_ids)s::text[]) AS m (id, campaign_id, enqueue_id)
 WHERE q.id = m.id AND q.campaign_id = m.campaign_id AND q.status = 'ready'
   AND (q.enqueue_id IS NULL OR q.enqueue_id = m.enqueue_id)
+  -- A row that waits (messaging limit, 131049) belongs to the schedule, which enqueues it when its wait is over.
+  AND q.wait_until IS NULL
 RETURNING q.id
 """
 
