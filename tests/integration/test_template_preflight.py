@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 from sendonce.cli import main
@@ -172,4 +173,26 @@ def test_api_refuses_a_mismatched_template_with_400_and_writes_nothing(waba, gra
         "code": "bad_request",
         "message": "template diwali_offer (en_US) takes 1 body parameter, the contacts give 2 (param1..param2)",
     }
+    assert _written(pg_conn, aws) == (0, 0, 0)
+
+
+def test_api_checks_the_template_of_an_s3_list_before_starting_the_job(waba, graph, pg_conn, aws, contacts_bucket,
+                                                                      lambda_service):
+    # Given a contacts file in the stack's bucket whose header gives two parameters, for a one-parameter template
+    import boto3
+
+    graph.add_template("diwali_offer", "en_US", body="Hi {{1}}")
+    boto3.client("s3").put_object(Bucket=contacts_bucket, Key="two.csv",
+                                  Body=f"phone,param1,param2\n{phone(1)},Asha,x\n".encode())
+    event = load_event("campaigns_api_create.json")
+    event["body"] = json.dumps({"name": "Diwali", "template": "diwali_offer", "language": "en_US",
+                                "phone_number_id": NUMBER, "contacts_s3": {"bucket": contacts_bucket, "key": "two.csv"}})
+
+    # When it is created through the API
+    response = load_handler("campaigns_api")(event, LocalContext("campaigns_api"))
+
+    # Then the answer is the refusal (not a 202 for a job that would fail unseen), and nothing was started
+    assert response["statusCode"] == 400
+    assert "takes 1 body parameter, the contacts give 2" in json.loads(response["body"])["error"]["message"]
+    time.sleep(1)  # (a job, had one started, would have written the campaign by now)
     assert _written(pg_conn, aws) == (0, 0, 0)
