@@ -6,7 +6,7 @@ from sendonce import control
 from sendonce.cli import main
 from sendonce.local.lambda_runtime import LocalContext, load_handler
 from sendonce.models import QueueMessage
-from tests.helpers import load_event, phone, queue_rows
+from tests.helpers import deliver_event, load_event, phone, queue_rows, receive_event
 
 
 def _reset_stuck() -> dict:
@@ -102,4 +102,26 @@ def test_experiment_answer_fails_and_retry_failed_never_resends_it(make_campaign
     assert control.status(pg_conn, campaign_id)["not_now"][0]["code"] == 130472
     assert control.retry_failed(pg_conn, campaign_id, aws.send_queue_url)["rows_retried"] == 0
     event_source.run_until_empty(timeout=60)
+    assert sum(1 for r in graph.requests if r["to"] == phone(1)) == 1
+
+
+def test_a_wait_kept_in_the_batch_journal_still_waits_24_hours(make_campaign, graph, pg_conn, pg_proxy, event_source):
+    # Given a 131049 answer whose result PostgreSQL never took (unreachable from the finalize on): the journal has it
+    graph.plan(phone(1), "error:131049")
+    campaign_id = make_campaign(phone(1), phone(2))
+    event = receive_event(event_source, 2)
+    pg_proxy.inject(at=2, when="before", outage=True)
+    assert deliver_event(event, timeout=8) == set()
+    assert {r["status"] for r in queue_rows(pg_conn, campaign_id).values()} == {"processing"}
+
+    # When PostgreSQL is back and reset_stuck writes the journal's results
+    pg_proxy.heal()
+    pg_conn.execute("UPDATE send_queue SET claimed_at = claimed_at - interval '601 seconds'")
+    result = _reset_stuck()
+
+    # Then the row waits its 24 h without a message (not resent at once), and the other is sent
+    assert (result["recovered"], result["enqueued"]) == (2, 0)
+    row = queue_rows(pg_conn, campaign_id)[phone(1)]
+    assert (row["status"], row["wait_reason"]) == ("ready", "per-user marketing limit (131049)")
+    assert event_source.queue_depth() == 0
     assert sum(1 for r in graph.requests if r["to"] == phone(1)) == 1

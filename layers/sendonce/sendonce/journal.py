@@ -59,7 +59,7 @@ def begin(token: uuid.UUID) -> None:
 def record(token: uuid.UUID, results: dict[int, SendResult]) -> None:
     """Keep the results of a claim's sends that PostgreSQL did not take."""
     rows = {
-        str(row_id): {"d": str(r.disposition), "w": r.wamid, "c": r.code, "e": r.error, "r": r.requested}
+        str(row_id): {"d": str(r.disposition), "w": r.wamid, "c": r.code, "e": r.error, "r": r.requested, "y": r.delay}
         for row_id, r in results.items()
     }
     _put(token, {"state": {"S": "results"}, "results": {"S": json.dumps(rows)}})
@@ -71,7 +71,8 @@ def _entry(item: dict) -> Entry:
     rows = json.loads(item["results"]["S"])
     return Entry(
         results={
-            int(row_id): SendResult(Disposition(r["d"]), wamid=r["w"], code=r["c"], error=r["e"], requested=r["r"])
+            int(row_id): SendResult(Disposition(r["d"]), wamid=r["w"], code=r["c"], error=r["e"], requested=r["r"],
+                                    delay=r.get("y", 0))
             for row_id, r in rows.items()
         }
     )

@@ -13,7 +13,7 @@ from sendonce import control, journal, sqs
 from sendonce.config import get_settings, send_queue_url
 from sendonce.db import transaction
 from sendonce.errors import DatabaseError, EnqueueError, MalformedMessageError
-from sendonce.models import QueueMessage, RowStatus
+from sendonce.models import Disposition, QueueMessage, RowStatus
 from sendonce.observability import count, gauge, logger, scrub
 from sendonce.repository import recovery as recovery_sql
 from sendonce.repository import sending as sending_sql
@@ -115,7 +115,8 @@ def _write_journal_results(
         entry = entries.get(token)
         result = entry.results.get(row_id) if entry and entry.results else None
         if result is not None and result.row_status != RowStatus.PROCESSING:
-            released = result.row_status == RowStatus.READY
+            # Released rows are enqueued again, except those that wait ("not now"): the schedule enqueues them.
+            released = result.row_status == RowStatus.READY and result.disposition is not Disposition.WAIT
             results.append(RowResult(row_id, campaign_id, token, result, enqueue_id if released else None))
     if not results:
         return {}
@@ -129,7 +130,9 @@ def _write_journal_results(
             raise
         logger.error("journal results not written; rows left stuck", error=scrub(exc), rows=[r.row_id for r in results])
         return {r.row_id: (r.row_id, r.campaign_id, "processing", False) for r in results}
-    return {row_id: (row_id, campaign_id, status, False) for row_id, campaign_id, status in written}
+    # A row that waits is `ready` without a message, and stays so: the schedule enqueues it when its wait is over.
+    return {row_id: (row_id, campaign_id, "waiting" if waits else status, False)
+            for row_id, campaign_id, status, waits in written}
 
 
 def settle_dead_letters(conn: psycopg.Connection, records: list[dict]) -> dict:

@@ -220,7 +220,7 @@ SET status = r.final,
     updated_at = now()
 FROM decided r
 WHERE q.id = r.id AND q.claim_token = r.token AND q.status = 'processing'
-RETURNING q.id, q.campaign_id::text, q.status
+RETURNING q.id, q.campaign_id::text, q.status, q.wait_until IS NOT NULL
 """
 
 
@@ -329,8 +329,8 @@ def finalize_rows(
     error_window: int,
     error_threshold: float,
     unused_slots: Iterable[UnusedSlots] = (),
-) -> list[tuple[int, str, str]]:
-    """Write results in one statement, each guarded by its row's claim token; return (id, campaign_id, status).
+) -> list[tuple[int, str, str, bool]]:
+    """Write results in one statement, each guarded by its row's claim token; return (id, campaign_id, status, waits).
 
     The same statement pauses the campaigns of halt codes (the first reason per campaign) and those whose
     error rate crossed the threshold, and gives back `unused_slots`.
