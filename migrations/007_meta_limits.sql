@@ -152,7 +152,7 @@ $$;
 
 -- Before a campaign's rows are enqueued (create, resume, enqueue, retry-failed): the `ready` rows beyond the
 -- room left wait for their place, behind the rows already waiting for the limit, and get no SQS message until
--- then. Returns how many of the campaign's rows now wait, and when the first and the last of them find room.
+-- then (a row a claim took meanwhile is left alone: the UPDATEs re-check `ready` on the row they lock). Returns how many of the campaign's rows now wait, and when the first and the last of them find room.
 CREATE FUNCTION place_in_messaging_line(campaign uuid, window_seconds float8)
 RETURNS TABLE (waiting integer, first_room timestamptz, last_room timestamptz)
 LANGUAGE plpgsql VOLATILE AS $$
@@ -192,14 +192,14 @@ BEGIN
             SET wait_until = messaging_room_at(a.n + c.place, cap, w.times, window_seconds),
                 wait_reason = 'messaging limit', updated_at = now()
             FROM candidates c CROSS JOIN ahead a CROSS JOIN window_state w
-            WHERE q.id = c.id AND a.n + c.place > cap - w.used
+            WHERE q.id = c.id AND a.n + c.place > cap - w.used AND q.status = 'ready'
             RETURNING q.wait_until
         ),
         released AS (
             UPDATE send_queue q
             SET wait_until = NULL, wait_reason = NULL, updated_at = now()
             FROM candidates c CROSS JOIN ahead a CROSS JOIN window_state w
-            WHERE q.id = c.id AND a.n + c.place <= cap - w.used AND q.wait_until IS NOT NULL
+            WHERE q.id = c.id AND a.n + c.place <= cap - w.used AND q.wait_until IS NOT NULL AND q.status = 'ready'
             RETURNING q.id
         )
         SELECT count(*)::integer, min(p.wait_until), max(p.wait_until) FROM placed p;
