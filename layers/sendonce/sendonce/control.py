@@ -9,7 +9,13 @@ import psycopg
 from sendonce import campaigns, messaging_limit
 from sendonce.campaigns import canonical_campaign_id
 from sendonce.config import get_settings
-from sendonce.errors import CampaignInputError, CampaignNotFoundError, CampaignStateError, ConfigError, EnqueueError
+from sendonce.errors import (
+    CampaignInputError,
+    CampaignNotFoundError,
+    CampaignStateError,
+    ConfigError,
+    EnqueueError,
+)
 from sendonce.observability import gauge, logger
 from sendonce.repository import control as repository
 

@@ -51,9 +51,10 @@ def parse(payload: object, now: datetime) -> tuple[list[dict], list[dict], list[
             kept.append({"field": field, "waba_id": waba_id, "occurred_at": at, "value": value, "digest": digest})
             if field == "message_template_status_update" and (event := _template_event(value, waba_id, at)):
                 templates.append(event)
-            elif field in ("business_capability_update", "phone_number_quality_update"):
-                if (limit := _limit_event(value, waba_id, at)) is not None:
-                    limits.append(limit)
+            elif field in ("business_capability_update", "phone_number_quality_update") and (
+                limit := _limit_event(value, waba_id, at)
+            ):
+                limits.append(limit)
     return kept, templates, limits
 
 
