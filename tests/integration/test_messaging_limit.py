@@ -163,3 +163,46 @@ def test_limit_read_from_the_graph_api_and_operator_settings_win(graph, pg_conn,
     assert "--limit must be a number of users" in capsys.readouterr().err
     assert main(["limit", "set", NUMBER, "unknown"]) == 0
     assert messaging_limit.usage(pg_conn, NUMBER)["known"] is False
+
+
+def test_concurrent_claims_never_both_take_the_last_room(graph, pg_conn, database_url):
+    # Given a limit of one user, and two rows to two users, claimed at the same moment by two senders, many times
+    import threading
+
+    import psycopg
+
+    from sendonce import messaging_limit
+    from sendonce.models import QueueMessage
+    from sendonce.repository.campaigns import insert_campaign
+    from sendonce.repository.sending import claim_rows
+
+    messaging_limit.set_limit(pg_conn, NUMBER, "1")
+    campaign_id = str(uuid.uuid4())
+    insert_campaign(pg_conn, {"id": campaign_id, "name": "race", "template_name": "order_update",
+                              "language_code": "en_US", "phone_number_id": NUMBER, "total_recipients": 2},
+                    [(phone(1), ("a",)), (phone(2), ("b",))])
+    ids = [i for (i,) in pg_conn.execute("SELECT id FROM send_queue ORDER BY id")]
+    conns = [psycopg.connect(database_url, autocommit=True) for _ in ids]
+    try:
+        for _ in range(25):
+            barrier, found = threading.Barrier(2), {}
+
+            def claim(row_id: int, conn: psycopg.Connection) -> None:
+                barrier.wait()
+                found[row_id] = claim_rows(conn, [QueueMessage(row_id, campaign_id, "race")], uuid.uuid4(), 80, 10,
+                                           60.0)[row_id]
+
+            threads = [threading.Thread(target=claim, args=pair) for pair in zip(ids, conns)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+
+            # Then exactly one was claimed, the other waits for the room
+            assert sorted((c.row is not None, c.waits_now) for c in found.values()) == [(False, True), (True, False)]
+            pg_conn.execute("UPDATE send_queue SET status = 'ready', claim_token = NULL, wait_until = NULL, "
+                            "wait_reason = NULL")
+            pg_conn.execute("UPDATE rate_limits SET next_slot_at = now()")
+    finally:
+        for conn in conns:
+            conn.close()
