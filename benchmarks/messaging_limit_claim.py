@@ -6,19 +6,22 @@ Measured, for a messaging window already holding W unique users (W = 0, 10,000, 
 1. The claim statement, `sendonce.repository.sending.claim_rows(conn, messages, token, default_mps=1000,
    max_wait=10, window=86400)` (`CLAIM_ROWS`), claiming a batch of 10 fresh `ready` rows of a running campaign,
    each batch its own rows, each message `QueueMessage(row_id, campaign_id, "bench")`, each claim a fresh
-   uuid4 token. Three cases, on the same data:
+   uuid4 token. Four cases, on the same data:
 
    * (a) baseline: the campaign's phone number has no `messaging_limits` row (limit unknown):
      `admit_recipients` admits every row without looking at the window;
-   * (b) admitted: a limit of W + 1,000,000: the claim takes the portfolio's advisory lock, reads the window
-     (`messaging_window`: every send_queue row of the portfolio's campaigns with actual_sent_at within the
-     window, and those `processing`), and admits all 10 (new users, room left);
+   * (b) admitted by the bound: a limit of W + 1,000,000: the claim takes the portfolio's advisory lock and,
+     since the portfolio's bound (`messaging_usage`: the window counted once, plus what claims admitted since)
+     leaves room for the batch, admits all 10 without reading the window (the first claim counts it);
+   * (b') window counted: the same limit, the bound forgotten before each claim (as after a change of the
+     limit, or near the limit): the claim reads the window (`messaging_window`: every send_queue row of the
+     portfolio's campaigns with actual_sent_at within the window, and those `processing`) and admits all 10;
    * (c) deferred: a limit of exactly W (not for W = 0: max_recipients must be > 0): the window is full, so
      none is admitted; each row gets its `wait_until` (`messaging_room_at`) and is not claimed.
 
    Each claim is timed alone (time.perf_counter around `claim_rows`, client and round trip included). The
-   cases are interleaved round by round ((a), (b), (c), then the next round), the limit row being set
-   before each claim, outside the timing. After each claim, outside the timing, its 10 rows are reset
+   cases run one after the other, the limit row set once per case (a change of the limit makes the next claim
+   count the window again). After each claim, outside the timing, its 10 rows are reset
    (status `ready`, claim_token, claimed_at, enqueue_id, wait_until, wait_reason NULL, attempts 0): a
    `processing` row counts in the window, so the window stays at W for every claim; the rows are then
    never used again (each claim gets fresh rows, not reused ones). The number's send schedule
@@ -84,9 +87,10 @@ BATCH = 10
 DEFAULT_MPS = 1000
 MAX_WAIT = 10.0
 WINDOW_SECONDS = 86400.0
-CASES = ("a", "b", "c")
-CASE_LABELS = {"a": "(a) no limit row (baseline)", "b": "(b) limit W+1,000,000: admitted",
-               "c": "(c) limit = W: all wait"}
+CASES = ("a", "b", "bc", "c")
+CASE_LABELS = {"a": "(a) no limit row (baseline)", "b": "(b) limit W+1M: admitted by the bound",
+               "bc": "(b') limit W+1M: window counted", "c": "(c) limit = W: all wait"}
+FORGET_USAGE = "DELETE FROM messaging_usage"
 
 INSERT_CAMPAIGN = """
 INSERT INTO campaigns (id, name, status, template_name, language_code, phone_number_id, total_recipients,
@@ -144,7 +148,7 @@ def set_case(conn: psycopg.Connection, case: str, window_users: int) -> bool:
     if case == "a":
         conn.execute(DROP_LIMIT, {"number": PHONE_NUMBER_ID})
         return True
-    cap = window_users + 1_000_000 if case == "b" else window_users
+    cap = window_users + 1_000_000 if case in ("b", "bc") else window_users
     if cap <= 0:
         return False
     conn.execute(SET_LIMIT, {"number": PHONE_NUMBER_ID, "portfolio": PORTFOLIO, "cap": cap})
@@ -181,7 +185,7 @@ def check(case: str, outcomes: dict, batch: list[int]) -> str | None:
         return f"case {case}: outcomes for {sorted(outcomes)}, asked for {sorted(batch)}"
     claimed = sum(o.row is not None for o in outcomes.values())
     waiting = sum(o.waits_now for o in outcomes.values())
-    want = (BATCH, 0) if case in ("a", "b") else (0, BATCH)
+    want = (BATCH, 0) if case in ("a", "b", "bc") else (0, BATCH)
     if (claimed, waiting) != want:
         return f"case {case}: {claimed} claimed and {waiting} made to wait, expected {want[0]} and {want[1]}"
     return None
@@ -233,10 +237,14 @@ def measure_window(dsn: str, window_users: int, claims: int, warmup: int, explai
             cases = [case for case in CASES if set_case(conn, case, window_users)]
             samples: dict[str, list[float]] = {case: [] for case in cases}
             window_seen = None
-            for i in range(rounds):
-                for case in cases:
-                    set_case(conn, case, window_users)
+            # One case after the other, its limit set once (a change of the limit makes the next claim count the
+            # window again): (b) then shows the claims the bound admits, (b') forgets the bound before each claim.
+            for case in cases:
+                set_case(conn, case, window_users)
+                for i in range(rounds):
                     conn.execute(RESET_SCHEDULE, (PHONE_NUMBER_ID,))
+                    if case == "bc":
+                        conn.execute(FORGET_USAGE)
                     batch = batches[case][i]
                     messages = [QueueMessage(row_id, claimed, "bench") for row_id in batch]
                     token = uuid.uuid4()
@@ -418,14 +426,14 @@ def main(argv: list[str] | None = None) -> int:
         for r in results:
             print(f"W={r['window_users']:,}: built in {r['build_seconds']:.1f} s; "
                   f"claim statement's server-side plans: {r['claim_prepared_plans']}")
-        print(f"\n{'W':>9}  {'case':<34} {'median ms':>10} {'p95 ms':>10} {'min ms':>10} {'x (a)':>7}")
+        print(f"\n{'W':>9}  {'case':<38} {'median ms':>10} {'p95 ms':>10} {'min ms':>10} {'x (a)':>7}")
         for r in results:
             for case in CASES:
                 c = r["cases"][case]
                 if c is None:
-                    print(f"{r['window_users']:>9,}  {CASE_LABELS[case]:<34} {'n/a (a limit of 0 is not allowed)':>41}")
+                    print(f"{r['window_users']:>9,}  {CASE_LABELS[case]:<38} {'n/a (a limit of 0 is not allowed)':>41}")
                     continue
-                print(f"{r['window_users']:>9,}  {CASE_LABELS[case]:<34} {c['median_ms']:>10.2f} {c['p95_ms']:>10.2f} "
+                print(f"{r['window_users']:>9,}  {CASE_LABELS[case]:<38} {c['median_ms']:>10.2f} {c['p95_ms']:>10.2f} "
                       f"{c['min_ms']:>10.2f} {c['ratio_to_a']:>7.2f}")
         if place_figures:
             p = place_figures

@@ -103,49 +103,115 @@ LANGUAGE sql STABLE AS $$
            + make_interval(secs => window_seconds * ((place - 1) / cap))
 $$;
 
+-- What the claims of each portfolio admitted since its window was last counted: `counted` users were in the
+-- window at `counted_at`, and at most `admitted` new ones joined it since (users only leave a window by
+-- themselves). While counted + admitted + the rows asking stays within the limit, a claim admits them without
+-- counting the window again; past it, it counts (and starts over). Written only by admit_recipients, under the
+-- portfolio's lock.
+CREATE TABLE messaging_usage (
+    portfolio_id text PRIMARY KEY,
+    counted      integer NOT NULL,
+    counted_at   timestamptz NOT NULL,
+    admitted     integer NOT NULL
+);
+
+-- A portfolio whose numbers or limit change is counted again at its next claim: a number that joins it brings
+-- its users, which the bound never saw.
+CREATE FUNCTION forget_messaging_usage() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    DELETE FROM messaging_usage
+    WHERE portfolio_id IN (CASE WHEN TG_OP <> 'INSERT' THEN OLD.portfolio_id END,
+                           CASE WHEN TG_OP <> 'DELETE' THEN NEW.portfolio_id END);
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER messaging_limits_changed AFTER INSERT OR UPDATE OR DELETE ON messaging_limits
+    FOR EACH ROW EXECUTE FUNCTION forget_messaging_usage();
+
 -- The claim's admission (sender): which of a batch's sendable rows may be sent now. Rows of numbers without a
--- known limit, or an unlimited one, always; users already in the window always (they use no room); new users
--- while there is room, in the batch's order. The others get the time their room frees (`wait_until`).
--- Claims of one portfolio take a lock first, and each query here reads with a snapshot taken after it: two
--- concurrent claims never both see the same last free room.
+-- known limit always; rows of a limited portfolio under its lock: all of them while the bound above allows,
+-- else by the window counted again (each query of a VOLATILE function reads with a snapshot taken after the
+-- lock, so two concurrent claims never both see the same last free room): users already in the window always
+-- (they use no room), new users while there is room, in the batch's order. The others get the time their room
+-- frees (`wait_until`).
 CREATE FUNCTION admit_recipients(ids bigint[], phones text[], numbers text[], window_seconds float8)
 RETURNS TABLE (id bigint, admitted boolean, wait_until timestamptz)
-LANGUAGE plpgsql VOLATILE AS $$
+LANGUAGE plpgsql VOLATILE
+SET work_mem = '64MB'  -- the window of a 100K portfolio is grouped in memory
+AS $$
 DECLARE
     portfolio text;
     cap integer;
+    asking integer;
+    bound integer;
+    used integer;
+    joined integer;
+    decided record;
 BEGIN
+    -- Numbers without a limit, in no limited portfolio: not held back.
     RETURN QUERY
         SELECT u.id, true, NULL::timestamptz
         FROM unnest(ids, numbers) AS u (id, number)
         LEFT JOIN messaging_limits m ON m.phone_number_id = u.number
-        WHERE m.max_recipients IS NULL;
+        WHERE m.phone_number_id IS NULL
+           OR NOT EXISTS (SELECT 1 FROM messaging_limits l WHERE l.portfolio_id = m.portfolio_id
+                                                               AND l.max_recipients IS NOT NULL);
     FOR portfolio, cap IN
-        SELECT m.portfolio_id, min(m.max_recipients)
+        SELECT m.portfolio_id, (SELECT min(l.max_recipients) FROM messaging_limits l
+                                WHERE l.portfolio_id = m.portfolio_id)
         FROM messaging_limits m
-        WHERE m.phone_number_id = ANY (numbers) AND m.max_recipients IS NOT NULL
+        WHERE m.phone_number_id = ANY (numbers)
         GROUP BY m.portfolio_id
+        HAVING (SELECT min(l.max_recipients) FROM messaging_limits l WHERE l.portfolio_id = m.portfolio_id) IS NOT NULL
         ORDER BY m.portfolio_id
     LOOP
         PERFORM pg_advisory_xact_lock(hashtextextended('sendonce messaging limit ' || portfolio, 0));
-        RETURN QUERY
+        SELECT count(*) INTO asking
+        FROM unnest(numbers) AS u (number) JOIN messaging_limits m ON m.phone_number_id = u.number
+        WHERE m.portfolio_id = portfolio;
+        SELECT g.counted + g.admitted INTO bound FROM messaging_usage g WHERE g.portfolio_id = portfolio;
+        IF bound + asking <= cap THEN
+            UPDATE messaging_usage g SET admitted = g.admitted + asking WHERE g.portfolio_id = portfolio;
+            RETURN QUERY
+                SELECT u.id, true, NULL::timestamptz
+                FROM unnest(ids, numbers) AS u (id, number) JOIN messaging_limits m ON m.phone_number_id = u.number
+                WHERE m.portfolio_id = portfolio;
+            CONTINUE;
+        END IF;
+        used := 0;
+        joined := 0;
+        FOR decided IN
             WITH recent AS MATERIALIZED (SELECT * FROM messaging_window(portfolio, window_seconds)),
-            window_state AS (SELECT array_agg(r.last_at ORDER BY r.last_at) AS times, count(*)::integer AS used
-                             FROM recent r),
+            counted AS MATERIALIZED (SELECT count(*)::integer AS used FROM recent),
+            -- Read only when a row must wait.
+            times AS MATERIALIZED (SELECT array_agg(r.last_at ORDER BY r.last_at) AS times FROM recent r),
             candidates AS (
-                SELECT u.id, u.phone, u.ord, EXISTS (SELECT 1 FROM recent r WHERE r.phone_number = u.phone) AS known
+                SELECT u.id, u.phone, u.ord, r.phone_number IS NOT NULL AS known
                 FROM unnest(ids, phones, numbers) WITH ORDINALITY AS u (id, phone, number, ord)
                 JOIN messaging_limits m ON m.phone_number_id = u.number
-                WHERE m.portfolio_id = portfolio AND m.max_recipients IS NOT NULL
+                LEFT JOIN recent r ON r.phone_number = u.phone
+                WHERE m.portfolio_id = portfolio
             ),
             places AS (
                 SELECT c.phone, row_number() OVER (ORDER BY min(c.ord)) AS place
                 FROM candidates c WHERE NOT c.known GROUP BY c.phone
             )
-            SELECT c.id, c.known OR p.place <= cap - w.used,
-                   CASE WHEN c.known OR p.place <= cap - w.used THEN NULL
-                        ELSE messaging_room_at(p.place, cap, w.times, window_seconds) END
-            FROM candidates c LEFT JOIN places p ON p.phone = c.phone CROSS JOIN window_state w;
+            SELECT c.id, c.known, c.known OR p.place <= cap - k.used AS fits, k.used,
+                   CASE WHEN c.known OR p.place <= cap - k.used THEN NULL
+                        ELSE messaging_room_at(p.place, cap, (SELECT t.times FROM times t), window_seconds) END AS at
+            FROM candidates c LEFT JOIN places p ON p.phone = c.phone CROSS JOIN counted k
+        LOOP
+            id := decided.id;
+            admitted := decided.fits;
+            wait_until := decided.at;
+            RETURN NEXT;
+            used := decided.used;
+            joined := joined + (decided.fits AND NOT decided.known)::integer;
+        END LOOP;
+        INSERT INTO messaging_usage AS g (portfolio_id, counted, counted_at, admitted)
+        VALUES (portfolio, used, now(), joined)
+        ON CONFLICT (portfolio_id) DO UPDATE SET counted = excluded.counted, counted_at = excluded.counted_at,
+                                                 admitted = excluded.admitted;
     END LOOP;
 END
 $$;

@@ -24,7 +24,7 @@ def truncate(conn: psycopg.Connection) -> None:
     """Empty every table a test writes (the schema and the deployment's callback key stay)."""
     conn.execute(
         "TRUNCATE campaigns, send_queue, dead_letters, message_statuses, suppressions, rate_limits, templates, "
-        "meta_events, messaging_limits RESTART IDENTITY CASCADE"
+        "meta_events, messaging_limits, messaging_usage RESTART IDENTITY CASCADE"
     )
 
 
