@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 
@@ -61,10 +62,14 @@ def test_paused_template_pauses_its_running_campaign_within_one_batch_then_appro
     campaign_id = _campaign(aws, pg_conn, 40)
     other_language = _campaign(aws, pg_conn, 3, language="pt_BR", first=100)
     answers: list[dict] = []
+    paused_at: list = []
+    once = threading.Lock()  # the fake answers sends on several threads
 
     def pause_at_fifth(to: str) -> None:
-        if len(meta.requests) == 4 and not answers:
-            answers.append(template_status("PAUSED", title="FIRST_PAUSE"))
+        with once:
+            if len(meta.requests) >= 4 and not answers:
+                answers.append(template_status("PAUSED", title="FIRST_PAUSE"))
+                paused_at.append(pg_conn.execute("SELECT clock_timestamp()").fetchone()[0])
 
     meta.on_request = pause_at_fifth
     event_source.run_until_empty(timeout=60)
@@ -75,9 +80,13 @@ def test_paused_template_pauses_its_running_campaign_within_one_batch_then_appro
     assert (status, paused_by) == ("paused", "template")
     assert reason == "template order_update (en_US) PAUSED by Meta: FIRST_PAUSE; Your WhatsApp message template first_pause."
     assert 2.9 * 3600 < left.total_seconds() <= 3 * 3600
-    # ... within one batch: only the batches already claimed (two pollers, ten rows each) went on sending
+    # ... within one batch: no row was claimed after the webhook's answer; only the batches already claimed (two
+    # pollers, ten rows each) went on sending
+    late = pg_conn.execute("SELECT count(*) FROM send_queue WHERE campaign_id = %s AND claimed_at > %s",
+                           (campaign_id, paused_at[0])).fetchone()[0]
+    assert late == 0
     sent_here = sum(meta.accepted[phone(i)] for i in range(40))
-    assert 5 <= sent_here <= 20
+    assert 5 <= sent_here <= 30
     rows = queue_rows(pg_conn, campaign_id)
     assert sum(r["status"] == "ready" for r in rows.values()) == 40 - sent_here
     # ... and the same template in another language was not touched (its 3 rows were sent)
