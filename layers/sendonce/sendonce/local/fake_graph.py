@@ -672,11 +672,8 @@ def _handler_for(graph: FakeGraph) -> type[BaseHTTPRequestHandler]:
             fault = graph._next_fault(to)
             graph._log(to, fault, payload)
             kind, _, arg = fault.partition(":")
-            if kind == "error":
-                code = int(arg)
-                return self._error(_HTTP_STATUS.get(code, 400), code, f"planned error {code}")
-            if kind == "http":
-                return self._send(int(arg), b"<html>bad gateway</html>", "text/html")
+            if self._refused(kind, arg):
+                return None
             wamid = graph._accept(to, payload, path.group(1))
             if kind == "drop":
                 return self._hang_up()
@@ -688,6 +685,17 @@ def _handler_for(graph: FakeGraph) -> type[BaseHTTPRequestHandler]:
                 time.sleep(float(arg))
             body = {"messaging_product": "whatsapp", "contacts": [{"input": to, "wa_id": to}], "messages": [{"id": wamid}]}
             self._send(200, json.dumps(body).encode(), "application/json")
+
+        def _refused(self, kind: str, arg: str) -> bool:
+            """Answer a planned refusal ("error:CODE", "http:STATUS"); whether it was one."""
+            if kind == "error":
+                code = int(arg)
+                self._error(_HTTP_STATUS.get(code, 400), code, f"planned error {code}")
+                return True
+            if kind == "http":
+                self._send(int(arg), b"<html>bad gateway</html>", "text/html")
+                return True
+            return False
 
         def do_GET(self) -> None:
             """Templates (`/{waba_id}/message_templates`) and node fields (`/{phone_number_id}?fields=`)."""
@@ -704,11 +712,8 @@ def _handler_for(graph: FakeGraph) -> type[BaseHTTPRequestHandler]:
                 return self._error(401, 190, "Invalid OAuth access token")
             fault = graph._next_get_fault(url.path)
             kind, _, arg = fault.partition(":")
-            if kind == "error":
-                code = int(arg)
-                return self._error(_HTTP_STATUS.get(code, 400), code, f"planned error {code}")
-            if kind == "http":
-                return self._send(int(arg), b"<html>bad gateway</html>", "text/html")
+            if self._refused(kind, arg):
+                return None
             if kind == "drop":
                 return self._hang_up()
             if kind == "slow":
