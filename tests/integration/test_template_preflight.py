@@ -100,7 +100,7 @@ def test_named_parameters_and_header_media_are_checked(waba, graph, pg_conn, aws
     assert main(_create(csv, template="named_offer")) == 2
     assert "uses named parameters ({{first_name}})" in _error(capsys)
     assert main(_create(csv, template="image_offer")) == 2
-    assert "has a IMAGE header: give its media (--header-media image:URL" in _error(capsys)
+    assert "has an IMAGE header: give its media (--header-media image:URL" in _error(capsys)
     assert main(_create(csv, "--header-media", "gif:http://example.com/x.gif", template="image_offer")) == 2
     assert "--header-media must be image:, video: or document: and an https:// URL" in _error(capsys)
     assert _written(pg_conn, aws) == (0, 0, 0)

@@ -142,7 +142,8 @@ def template_problem(template: dict, param_count: int, components: Sequence[dict
         kinds = {str(p.get("type", "")).upper() for p in given.get("header", {}).get("parameters") or []
                  if isinstance(p, dict)}
         if form in MEDIA_HEADERS and form not in kinds:
-            return (f"has a {form} header: give its media (--header-media {form.lower()}:URL, or a header "
+            article = "an" if form[0] in "AEIOU" else "a"
+            return (f"has {article} {form} header: give its media (--header-media {form.lower()}:URL, or a header "
                     "component in the API's components)")
         if form == "TEXT" and _PLACEHOLDER.search(str(header.get("text") or "")) and "TEXT" not in kinds:
             return "has a header with a parameter: give it as a header component in the API's components"
