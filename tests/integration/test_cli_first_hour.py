@@ -24,7 +24,7 @@ PASSWORD = "s3cret-Pa55"
 # Every command that takes a campaign id, and what else it needs.
 ID_COMMANDS = [
     ["campaign", "status"], ["campaign", "enqueue"], ["campaign", "pause"], ["campaign", "resume"],
-    ["campaign", "cancel"], ["campaign", "retry-failed"],
+    ["campaign", "cancel"], ["campaign", "retry-failed"], ["campaign", "failures"],
 ]
 # One command line per entry of the CLI's environment table (create gets its file from the test).
 COMMAND_LINES = {

@@ -34,7 +34,7 @@ import boto3
 from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response, content_types
 from aws_lambda_powertools.event_handler.exceptions import NotFoundError
 
-from sendonce import campaigns, contacts, control, s3, templates
+from sendonce import campaigns, contacts, control, failures, s3, templates
 from sendonce.config import require, send_queue_url
 from sendonce.db import get_conn
 from sendonce.errors import (
@@ -438,6 +438,24 @@ def list_campaigns() -> Response:
 @app.get("/campaigns/<campaign_id>")
 def campaign_status(campaign_id: str) -> Response:
     return _json(HTTPStatus.OK, control.status(get_conn(), campaign_id))
+
+
+@app.get("/campaigns/<campaign_id>/failures")
+def campaign_failures(campaign_id: str) -> Response:
+    """The failed rows, a page at a time: `?limit=N&after=ROW_ID` (as `campaign failures`)."""
+    query = app.current_event.query_string_parameters or {}
+    return _json(HTTPStatus.OK, failures.failed_rows(
+        get_conn(), campaign_id, _query_int(query, "limit", 50), _query_int(query, "after", 0)
+    ))
+
+
+def _query_int(query: dict, name: str, default: int) -> int:
+    value = query.get(name)
+    if value is None:
+        return default
+    if not (isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 19):
+        raise RequestError(f"{name} must be a whole number, got {str(value)[:40]!r}")
+    return int(value)
 
 
 @app.post("/campaigns/<campaign_id>/pause")

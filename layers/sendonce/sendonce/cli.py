@@ -47,6 +47,7 @@ ENVIRONMENT: dict[str, tuple[str, ...]] = {
     "campaign enqueue": ("DATABASE_URL", "SEND_QUEUE_URL", AWS),
     "campaign status": ("DATABASE_URL",),
     "campaign list": ("DATABASE_URL",),
+    "campaign failures": ("DATABASE_URL",),
     "campaign pause": ("DATABASE_URL",),
     "campaign resume": ("DATABASE_URL", "SEND_QUEUE_URL", AWS),
     "campaign cancel": ("DATABASE_URL",),
@@ -302,6 +303,9 @@ def _meta_lines(counters: dict) -> list[str]:
     for wait in counters.get("waiting") or []:
         if wait["reason"] != "messaging limit":
             lines.append(f"{_count(wait['rows'], 'row')} wait: {wait['reason']}, until {wait['last']}")
+    for failure in counters.get("failures") or []:
+        code = f"{failure['code']} " if failure["code"] is not None else ""
+        lines.append(f"{failure['stage']} failures: {failure['rows']:,} x {code}{failure['title']}")
     for answer in counters.get("not_now") or []:
         lines.append(f"{_count(answer['rows'], 'row')} {answer['status']} with {answer['code']}: {answer['title']}")
     return lines
@@ -315,6 +319,24 @@ def _cmd_campaign_status(args: argparse.Namespace) -> int:
         print(json.dumps(counters))
     else:
         _print_status(counters)
+    return 0
+
+
+def _cmd_campaign_failures(args: argparse.Namespace) -> int:
+    from sendonce import failures
+
+    page = failures.failed_rows(_conn(), args.campaign_id, args.limit, args.after)
+    if args.json:
+        print(json.dumps(page))
+        return 0
+    for row in page["rows"]:
+        code = row["code"] if row["code"] is not None else "-"
+        print(f"{row['queue_id']:>12}  {row['to']:>15}  {row['stage']:8}  {code!s:>7}  {row['title']}"
+              + (f"  ({row['error']})" if row["error"] and row["stage"] == "send" else ""))
+    if not page["rows"]:
+        print(f"campaign {page['campaign_id']}: no failed rows" + (f" after {args.after}" if args.after else ""))
+    elif page["next_after"]:
+        print(f"more: sendonce campaign failures {page['campaign_id']} --after {page['next_after']}")
     return 0
 
 
@@ -612,6 +634,15 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("campaign_id")
     status.add_argument("--json", action="store_true", help="print one JSON object")
     status.set_defaults(func=_cmd_campaign_status, environment="campaign status")
+
+    failures = campaign.add_parser(
+        "failures", **_help("campaign failures", "the failed rows: at the send, or reported by Meta's webhooks")
+    )
+    failures.add_argument("campaign_id")
+    failures.add_argument("--limit", type=int, default=50, help="how many (1 to 1000, default 50)")
+    failures.add_argument("--after", type=int, default=0, help="rows after this row id (the page before's last)")
+    failures.add_argument("--json", action="store_true", help="print one JSON object")
+    failures.set_defaults(func=_cmd_campaign_failures, environment="campaign failures")
 
     listing = campaign.add_parser("list", **_help("campaign list", "the newest campaigns with their numbers"))
     listing.add_argument("--limit", type=int, default=50, help="how many (1 to 1000, default 50)")

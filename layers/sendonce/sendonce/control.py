@@ -6,7 +6,7 @@ import uuid
 
 import psycopg
 
-from sendonce import campaigns, messaging_limit
+from sendonce import campaigns, failures, messaging_limit
 from sendonce.campaigns import canonical_campaign_id
 from sendonce.config import get_settings
 from sendonce.errors import (
@@ -69,6 +69,7 @@ def _meta_state(conn: psycopg.Connection, campaign_id: str) -> dict:
         "messaging_limit": limit,
         "waiting": waiting,
         "not_now": [{**n, "title": NOT_NOW_TITLES[n["code"]]} for n in detail["not_now"]],
+        "failures": failures.breakdown(conn, campaign_id),
     }
 
 

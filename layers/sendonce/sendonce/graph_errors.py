@@ -74,3 +74,55 @@ def halt_pause(code: int) -> tuple[str, float | None]:
     if code == SPAM_LIMIT:
         return "spam_limit", float(get_settings().spam_pause_seconds)
     return "halt", None
+
+
+# Meta's titles for the codes sendonce classifies (the error-code reference's "Title"; Meta also sends it as the
+# `title` of a failed status). Shown next to each code in status and `campaign failures`.
+TITLES = {
+    0: "AuthException",
+    1: "API Unknown",
+    2: "API Service",
+    4: "API Too Many Calls",
+    10: "Permission Denied",
+    100: "Invalid parameter",
+    190: "Access token has expired",
+    368: "Temporarily blocked for policies violations",
+    80007: "Rate limit issues",
+    130429: "Rate limit hit",
+    130472: "User's number is part of an experiment",
+    131000: "Something went wrong",
+    131005: "Access denied",
+    131008: "Required parameter is missing",
+    131009: "Parameter value is not valid",
+    131016: "Service unavailable",
+    131021: "Recipient cannot be sender",
+    131026: "Message undeliverable",
+    131031: "Account has been locked",
+    131037: "WhatsApp provided number needs display name approval before message can be sent",
+    131042: "Business eligibility payment issue",
+    131045: "Incorrect certificate",
+    131047: "Re-engagement message",
+    131048: "Spam rate limit hit",
+    131049: "This message was not delivered to maintain healthy ecosystem engagement",
+    131050: "User has stopped marketing messages",
+    131051: "Unsupported message type",
+    131056: "(Business Account, Consumer Account) pair rate limit hit",
+    131057: "Account in maintenance mode",
+    132000: "Template Param Count Mismatch",
+    132001: "Template does not exist",
+    132005: "Template Hydrated Text Too Long",
+    132007: "Template Format Character Policy Violated",
+    132012: "Template Parameter Format Mismatch",
+    132015: "Template is Paused",
+    132016: "Template is Disabled",
+    133010: "Phone number Not Registered",
+}
+
+
+def title(code: int | None, fallback: str | None = None) -> str:
+    """Meta's title for a code; else what Meta said (`fallback`), or what sendonce's own reasons mean."""
+    if code in TITLES:
+        return TITLES[code]
+    if fallback:
+        return fallback
+    return "no Graph error: " + ("sendonce's own reason (see the rows)" if code is None else f"code {code}")
