@@ -25,6 +25,7 @@ PASSWORD = "s3cret-Pa55"
 ID_COMMANDS = [
     ["campaign", "status"], ["campaign", "enqueue"], ["campaign", "pause"], ["campaign", "resume"],
     ["campaign", "cancel"], ["campaign", "retry-failed"], ["campaign", "failures"],
+    ["campaign", "export"],
 ]
 # One command line per entry of the CLI's environment table (create gets its file from the test).
 COMMAND_LINES = {

@@ -10,6 +10,7 @@ import signal
 import sys
 import textwrap
 from contextlib import contextmanager
+from pathlib import Path
 
 from sendonce import __version__
 from sendonce.config import send_queue_url
@@ -48,6 +49,7 @@ ENVIRONMENT: dict[str, tuple[str, ...]] = {
     "campaign status": ("DATABASE_URL",),
     "campaign list": ("DATABASE_URL",),
     "campaign failures": ("DATABASE_URL",),
+    "campaign export": ("DATABASE_URL",),
     "campaign pause": ("DATABASE_URL",),
     "campaign resume": ("DATABASE_URL", "SEND_QUEUE_URL", AWS),
     "campaign cancel": ("DATABASE_URL",),
@@ -337,6 +339,26 @@ def _cmd_campaign_failures(args: argparse.Namespace) -> int:
         print(f"campaign {page['campaign_id']}: no failed rows" + (f" after {args.after}" if args.after else ""))
     elif page["next_after"]:
         print(f"more: sendonce campaign failures {page['campaign_id']} --after {page['next_after']}")
+    return 0
+
+
+def _cmd_campaign_export(args: argparse.Namespace) -> int:
+    from sendonce import export
+
+    conn = _conn()
+    if not args.output or args.output == "-":
+        export.export_csv(conn, args.campaign_id, sys.stdout)
+        return 0
+    # Written next to the target and renamed when complete: a file named OUTPUT is always a whole export.
+    target = Path(args.output)
+    partial = target.with_name(f".{target.name}.partial")
+    try:
+        with partial.open("w", encoding="utf-8", newline="") as out, _progress(0, "export", sys.stderr.isatty()) as bar:
+            written = export.export_csv(conn, args.campaign_id, out, on_progress=bar.update)
+        partial.replace(target)
+    finally:
+        partial.unlink(missing_ok=True)
+    print(f"campaign {args.campaign_id}: {written:,} rows written to {target}", file=sys.stderr)
     return 0
 
 
@@ -643,6 +665,13 @@ def build_parser() -> argparse.ArgumentParser:
     failures.add_argument("--after", type=int, default=0, help="rows after this row id (the page before's last)")
     failures.add_argument("--json", action="store_true", help="print one JSON object")
     failures.set_defaults(func=_cmd_campaign_failures, environment="campaign failures")
+
+    exporting = campaign.add_parser(
+        "export", **_help("campaign export", "every row as CSV: phone, params, status, WAMID, delivery, error")
+    )
+    exporting.add_argument("campaign_id")
+    exporting.add_argument("--output", "-o", help="the CSV file to write (default: standard output)")
+    exporting.set_defaults(func=_cmd_campaign_export, environment="campaign export")
 
     listing = campaign.add_parser("list", **_help("campaign list", "the newest campaigns with their numbers"))
     listing.add_argument("--limit", type=int, default=50, help="how many (1 to 1000, default 50)")
