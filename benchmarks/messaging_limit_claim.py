@@ -387,7 +387,7 @@ def main(argv: list[str] | None = None) -> int:
     results: list[dict] = []
     problems: list[str] = []
     plans: list[tuple[str, str]] = []
-    described = server_version = None
+    server_version = None
     largest = max(windows)
     for w in windows:
         place = place_rows if (w == largest and w > 0) else 0

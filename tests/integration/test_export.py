@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 from collections import Counter
 
 from sendonce import control
@@ -51,9 +52,11 @@ def test_export_has_every_row_and_agrees_with_the_counters(make_campaign, graph,
         status["sent"], status["failed"], status["cancelled"], status["recipients"])
     assert (deliveries["read"], deliveries["delivered"] + deliveries["read"]) == (status["read"], status["delivered"])
 
-    # And to standard output the same rows
+    # And to standard output the same rows; with --json a summary of the file
     assert main(["campaign", "export", campaign_id]) == 0
     assert list(csv.DictReader(io.StringIO(capsys.readouterr().out))) == exported
+    assert main(["campaign", "export", campaign_id, "--output", str(target), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"campaign_id": campaign_id, "rows": 7, "output": str(target)}
 
 
 def test_export_of_an_unknown_campaign_writes_no_file(pg_conn, tmp_path, capsys):

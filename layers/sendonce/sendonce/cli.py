@@ -358,7 +358,10 @@ def _cmd_campaign_export(args: argparse.Namespace) -> int:
         partial.replace(target)
     finally:
         partial.unlink(missing_ok=True)
-    print(f"campaign {args.campaign_id}: {written:,} rows written to {target}", file=sys.stderr)
+    if args.json:
+        print(json.dumps({"campaign_id": args.campaign_id, "rows": written, "output": str(target)}))
+    else:
+        print(f"campaign {args.campaign_id}: {written:,} rows written to {target}", file=sys.stderr)
     return 0
 
 
@@ -671,6 +674,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     exporting.add_argument("campaign_id")
     exporting.add_argument("--output", "-o", help="the CSV file to write (default: standard output)")
+    exporting.add_argument("--json", action="store_true",
+                           help="errors, and with --output the summary, as one JSON object (the CSV goes to the file)")
     exporting.set_defaults(func=_cmd_campaign_export, environment="campaign export")
 
     listing = campaign.add_parser("list", **_help("campaign list", "the newest campaigns with their numbers"))
