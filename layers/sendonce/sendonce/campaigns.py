@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import psycopg
 
 from sendonce import db, messaging_limit, sqs, templates
-from sendonce.contacts import ContactList, InvalidRow, no_valid_contacts
+from sendonce.contacts import Contact, ContactList, InvalidRow, no_valid_contacts
 from sendonce.errors import (
     CampaignInputError,
     CampaignNotFoundError,
@@ -217,6 +217,26 @@ def create_campaign(
         campaign_id, len(contacts.contacts), contacts.invalid, contacts.duplicates, enqueued, contacts.invalid_count,
         check, limit,
     )
+
+
+def audience(conn: psycopg.Connection, source_id: str, name: str) -> ContactList:
+    """Retargeting: the contacts of another campaign's audience (`repository.campaigns.AUDIENCES`), with the
+    parameters each was sent with, for a new campaign (its create dedupes, suppresses and checks the template).
+
+    Raises
+    ------
+    CampaignInputError
+        `name` is not an audience.
+    CampaignNotFoundError
+        No campaign has that id.
+    """
+    if name not in repository.AUDIENCES:
+        raise CampaignInputError(f"--audience must be one of {', '.join(repository.AUDIENCES)}, got {name!r}")
+    source_id = canonical_campaign_id(source_id)
+    if repository.campaign_status(conn, source_id) is None:
+        raise CampaignNotFoundError(f"no campaign {source_id} (--from-campaign)")
+    return ContactList(contacts=[Contact(phone, tuple(params or ())) for phone, params in
+                                 repository.audience_rows(conn, source_id, name)])
 
 
 def replay_create(

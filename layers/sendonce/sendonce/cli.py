@@ -194,10 +194,22 @@ def _cmd_campaign_create(args: argparse.Namespace) -> int:
         **({"id": args.id} if args.id else {}),
     )
     campaign.validate()
-    region = contacts.check_region(args.default_country, "--default-country")
-    contact_list = contacts.read_csv(args.contacts, default_region=region)
-    if not contact_list.contacts:
-        raise contacts.no_valid_contacts(contact_list, args.contacts)
+    if args.from_campaign:
+        # Retargeting: the contacts are another campaign's audience, read from the database.
+        if args.audience is None:
+            raise CampaignInputError("--from-campaign needs --audience (not-delivered, not-read, failed or read)")
+        if not args.dry_run:
+            check_environment("campaign create")
+        contact_list = campaigns.audience(_conn(), args.from_campaign, args.audience)
+        if not contact_list.contacts:
+            raise CampaignInputError(f"campaign {args.from_campaign} has no {args.audience} rows: nothing to send")
+    else:
+        if args.audience is not None:
+            raise CampaignInputError("--audience goes with --from-campaign")
+        region = contacts.check_region(args.default_country, "--default-country")
+        contact_list = contacts.read_csv(args.contacts, default_region=region)
+        if not contact_list.contacts:
+            raise contacts.no_valid_contacts(contact_list, args.contacts)
     if args.dry_run:
         return _dry_run(args, contact_list, campaign)
     check_environment("campaign create")
@@ -620,7 +632,13 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--template", required=True, help="approved template name")
     create.add_argument("--language", required=True, help="template language code, e.g. en_US")
     create.add_argument("--phone-number-id", required=True, help="the WhatsApp business phone number id")
-    create.add_argument("--contacts", required=True, help="CSV with a 'phone' column and optional param1..paramN")
+    source = create.add_mutually_exclusive_group(required=True)
+    source.add_argument("--contacts", help="CSV with a 'phone' column and optional param1..paramN")
+    source.add_argument("--from-campaign", metavar="CAMPAIGN_ID",
+                        help="retarget: the contacts of another campaign's --audience, with their parameters")
+    create.add_argument("--audience", choices=("not-delivered", "not-read", "failed", "read"),
+                        help="with --from-campaign: failed at the send, or never reported delivered; sent and "
+                        "never reported read; failed at the send; reported read")
     create.add_argument("--default-country", help="ISO country (IN, US) for numbers without a country code")
     create.add_argument("--id", help="the campaign's UUID (default: a new one); running again with it cannot create twice")
     create.add_argument(

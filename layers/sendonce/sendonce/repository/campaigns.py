@@ -60,6 +60,35 @@ SELECT_RECIPIENTS = "SELECT phone_number, params FROM send_queue WHERE campaign_
 COUNT_RECIPIENTS = "SELECT count(*) FROM send_queue WHERE campaign_id = %(campaign_id)s"
 
 
+# Retargeting: the rows of a campaign that make an audience, with the parameters they were sent with.
+# not-delivered: failed, or sent and never reported delivered or read; not-read: sent and never reported read;
+# failed: failed at the send; read: reported read. Cancelled rows (opted out, cancelled) are in none.
+AUDIENCES = {
+    "not-delivered": "q.status = 'failed' OR (q.status = 'sent' AND q.delivery_status IS DISTINCT FROM 'delivered' "
+                     "AND q.delivery_status IS DISTINCT FROM 'read')",
+    "not-read": "q.status = 'sent' AND q.delivery_status IS DISTINCT FROM 'read'",
+    "failed": "q.status = 'failed'",
+    "read": "q.delivery_status = 'read'",
+}
+# Built from the constant AUDIENCES: nothing from outside reaches the text.
+SELECT_AUDIENCE = {
+    name: f"SELECT q.phone_number, q.params FROM send_queue q WHERE q.campaign_id = %(campaign_id)s AND ({where}) "  # noqa: S608
+          "ORDER BY q.id"
+    for name, where in AUDIENCES.items()
+}
+
+
+def audience_rows(conn: psycopg.Connection, campaign_id: str, audience: str) -> Iterator[tuple[str, list]]:
+    """Stream (phone_number, params) of the campaign's rows in `audience` (a key of AUDIENCES)."""
+    try:
+        with conn.transaction(), conn.cursor(name=f"audience_{uuid.uuid4().hex}") as cur:
+            cur.itersize = 10_000
+            cur.execute(SELECT_AUDIENCE[audience], {"campaign_id": campaign_id})
+            yield from cur
+    except psycopg.Error as exc:
+        raise database_error(exc, "reading the audience failed") from exc
+
+
 def insert_campaign(conn: psycopg.Connection, fields: dict, rows_: Iterable[tuple[str, tuple[str, ...]]]) -> None:
     """Insert a campaign and COPY its rows, in one transaction: either all of it exists or none."""
     try:

@@ -197,6 +197,16 @@ decided AS (
     END AS final
     FROM result r JOIN send_queue q ON q.id = r.id JOIN campaigns c ON c.id = q.campaign_id
 ),
+-- 131050 at the send: the user stopped marketing messages; the number is suppressed as by the webhook (its
+-- pending rows in other campaigns are cancelled when claimed, and no new campaign enqueues it).
+opted_out AS (
+    INSERT INTO suppressions (phone_number, reason)
+    SELECT DISTINCT q.phone_number, 'opted out (131050)'
+    FROM decided r JOIN send_queue q ON q.id = r.id
+    WHERE r.final = 'failed' AND r.code = 131050
+    ON CONFLICT (phone_number) DO NOTHING
+    RETURNING phone_number
+),
 given_back AS (
     UPDATE rate_limits r
     SET next_slot_at = r.next_slot_at - g.unused * interval '1 second' / g.mps

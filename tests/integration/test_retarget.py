@@ -1,0 +1,75 @@
+"""Retargeting: a new campaign from another's results, without a CSV (`--from-campaign ID --audience A`)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from sendonce.cli import main
+from tests.helpers import phone, post_statuses, queue_rows, status_update
+
+NUMBER = "106540352242922"
+
+
+def _create(*extra: str) -> list[str]:
+    return ["campaign", "create", "--name", "again", "--template", "order_update", "--language", "en_US",
+            "--phone-number-id", NUMBER, *extra]
+
+
+@pytest.fixture
+def results(make_campaign, graph, pg_conn, event_source, monkeypatch) -> str:
+    """A sent campaign: 1 failed, 2 read, 3 delivered, 4 sent and no report, 5 sent then failed, 6 failed because
+    the user opted out (131050: the number is suppressed)."""
+    monkeypatch.setenv("WHATSAPP_APP_SECRET", "example-app-secret")
+    graph.plan(phone(1), "error:131026")
+    graph.plan(phone(6), "error:131050")
+    campaign_id = make_campaign(*(phone(i) for i in range(1, 7)))
+    event_source.run_until_empty(timeout=60)
+    rows = queue_rows(pg_conn, campaign_id)
+    post_statuses([
+        status_update(rows[phone(2)]["whatsapp_message_id"], "read", 10, to=phone(2)),
+        status_update(rows[phone(3)]["whatsapp_message_id"], "delivered", 11, to=phone(3)),
+        status_update(rows[phone(5)]["whatsapp_message_id"], "failed", 12, code=131026, to=phone(5)),
+    ])
+    graph.reset()
+    return campaign_id
+
+
+@pytest.mark.parametrize(("audience", "expected", "suppressed"), [
+    ("not-delivered", [1, 4, 5], 1),
+    ("not-read", [3, 4, 5], 0),
+    ("failed", [1], 1),
+    ("read", [2], 0),
+])
+def test_retargeted_campaign_sends_to_its_audience_once_with_their_parameters(
+    results, graph, pg_conn, event_source, capsys, audience, expected, suppressed
+):
+    # When a campaign is created from the audience of the first
+    assert main(_create("--from-campaign", results, "--audience", audience, "--json")) == 0
+    created = json.loads(capsys.readouterr().out)
+    event_source.run_until_empty(timeout=60)
+
+    # Then exactly that audience got it, once, with the parameters the first campaign sent them; the opted-out
+    # number is in the new campaign's audience but cancelled, as every create does with suppressed numbers
+    assert (created["recipients"], created["enqueued"]) == (len(expected) + suppressed, len(expected))
+    cancelled = queue_rows(pg_conn, created["campaign_id"]).get(phone(6))
+    assert (cancelled["status"] if cancelled else None) == ("cancelled" if suppressed else None)
+    assert graph.accepted == {phone(i): 1 for i in expected}
+    sent_params = {r["to"]: r["payload"]["template"]["components"][0]["parameters"][0]["text"] for r in graph.requests}
+    assert sent_params == {phone(i): f"name {phone(i)[-4:]}" for i in expected}
+
+
+def test_retargeting_refuses_what_makes_no_sense(results, pg_conn, capsys, contacts_csv):
+    assert main(_create("--from-campaign", results)) == 2
+    assert "--from-campaign needs --audience" in capsys.readouterr().err
+    csv = contacts_csv(["phone"], [phone(9)])
+    assert main(_create("--contacts", str(csv), "--audience", "read")) == 2
+    assert "--audience goes with --from-campaign" in capsys.readouterr().err
+    assert main(_create("--from-campaign", "4d46271f-f3b4-4f5b-a2c7-6dbad447a845", "--audience", "read")) == 2
+    assert "no campaign 4d46271f-f3b4-4f5b-a2c7-6dbad447a845 (--from-campaign)" in capsys.readouterr().err
+    # An empty audience is refused, nothing created
+    pg_conn.execute("UPDATE send_queue SET delivery_status = 'read' WHERE campaign_id = %s", (results,))
+    assert main(_create("--from-campaign", results, "--audience", "not-read")) == 2
+    assert "has no not-read rows: nothing to send" in capsys.readouterr().err
+    assert pg_conn.execute("SELECT count(*) FROM campaigns").fetchone()[0] == 1
