@@ -25,7 +25,7 @@ PASSWORD = "s3cret-Pa55"
 ID_COMMANDS = [
     ["campaign", "status"], ["campaign", "enqueue"], ["campaign", "pause"], ["campaign", "resume"],
     ["campaign", "cancel"], ["campaign", "retry-failed"], ["campaign", "failures"],
-    ["campaign", "export"],
+    ["campaign", "export"], ["campaign", "watch"],
 ]
 # One command line per entry of the CLI's environment table (create gets its file from the test).
 COMMAND_LINES = {

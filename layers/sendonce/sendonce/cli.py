@@ -9,6 +9,7 @@ import re
 import signal
 import sys
 import textwrap
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -50,6 +51,7 @@ ENVIRONMENT: dict[str, tuple[str, ...]] = {
     "campaign list": ("DATABASE_URL",),
     "campaign failures": ("DATABASE_URL",),
     "campaign export": ("DATABASE_URL",),
+    "campaign watch": ("DATABASE_URL",),
     "campaign pause": ("DATABASE_URL",),
     "campaign resume": ("DATABASE_URL", "SEND_QUEUE_URL", AWS),
     "campaign cancel": ("DATABASE_URL",),
@@ -377,6 +379,43 @@ def _cmd_campaign_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _watch_line(counters: dict, width: int = 30) -> str:
+    """One line of `campaign watch`: status, a progress bar of the rows done, the numbers."""
+    done = counters["recipients"] - counters["pending"]
+    filled = int(width * done / counters["recipients"]) if counters["recipients"] else width
+    line = (f"{counters['status']:9} [{'#' * filled}{'.' * (width - filled)}] {done:,}/{counters['recipients']:,}  "
+            + "  ".join(f"{key} {counters[key]:,}" for key in ("sent", "delivered", "read", "failed", "cancelled",
+                                                                "pending")))
+    limit = counters.get("messaging_limit") or {}
+    if counters.get("pause_reason"):
+        line += f"  ({counters['pause_reason']})"
+    elif limit.get("waiting"):
+        line += f"  ({limit['message']})"
+    return line
+
+
+def _cmd_campaign_watch(args: argparse.Namespace) -> int:
+    from sendonce import control
+
+    conn = _conn()
+    redraw = sys.stdout.isatty() and not args.json
+    last = None
+    while True:
+        counters = control.status(conn, args.campaign_id)
+        line = _watch_line(counters)
+        if line != last and args.json:
+            print(json.dumps(counters), flush=True)  # one object per change (JSON lines)
+        elif line != last:
+            print(f"\r{line}\033[K" if redraw else line, end="" if redraw else "\n", flush=True)
+        last = line
+        # Ended: completed or cancelled, or nothing pending (recompute_counters completes it within a minute).
+        if counters["status"] in ("completed", "cancelled") or (counters["pending"] == 0 and counters["status"] == "running"):
+            if redraw:
+                print()
+            return 0
+        time.sleep(args.interval)
+
+
 def _cmd_campaign_list(args: argparse.Namespace) -> int:
     from sendonce import control
 
@@ -687,6 +726,14 @@ def build_parser() -> argparse.ArgumentParser:
     failures.add_argument("--json", action="store_true", help="print one JSON object")
     failures.set_defaults(func=_cmd_campaign_failures, environment="campaign failures")
 
+    watching = campaign.add_parser(
+        "watch", **_help("campaign watch", "redraw the numbers and a progress bar until the campaign ends")
+    )
+    watching.add_argument("campaign_id")
+    watching.add_argument("--interval", type=float, default=2.0, help="seconds between reads (0.2 to 60, default 2)")
+    watching.add_argument("--json", action="store_true", help="print the numbers as one JSON object per change")
+    watching.set_defaults(func=_cmd_campaign_watch, environment="campaign watch")
+
     exporting = campaign.add_parser(
         "export", **_help("campaign export", "every row as CSV: phone, params, status, WAMID, delivery, error")
     )
@@ -813,6 +860,9 @@ def _check_arguments(args: argparse.Namespace) -> None:
         args.campaign_id = _campaign_id(args.campaign_id)
     if getattr(args, "limit", None) is not None:
         check_limit(args.limit, "--limit")
+    interval = getattr(args, "interval", None)
+    if interval is not None and not 0.2 <= interval <= 60:
+        raise CampaignInputError(f"--interval must be from 0.2 to 60 seconds, got {interval:g}")
 
 
 def _schema_missing(exc: BaseException) -> str | None:
