@@ -357,7 +357,7 @@ def test_reset_stuck_and_recompute_print_lines_and_json_on_request(pg_conn, aws,
     assert main(["reset-stuck", "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == {
         "reset": 0, "resent_without_evidence": 0, "recovered": 0, "failed": 0, "cancelled": 0, "enqueued": 0,
-        "resumed": [], "released": 0,
+        "started": [], "resumed": [], "released": 0,
     }
     assert main(["recompute"]) == 0
     assert capsys.readouterr().out == "recomputed 1 campaigns, 0 completed\n"

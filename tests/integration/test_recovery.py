@@ -48,7 +48,7 @@ def test_reset_stuck_resend_waits_then_reenqueues_once(make_campaign, graph, pg_
     # Then it was re-enqueued and sent once more (the resend policy accepts that risk, and counts it), and
     # nothing else
     assert result == {"reset": 1, "resent_without_evidence": 1, "recovered": 0, "failed": 0, "cancelled": 0, "enqueued": 1,
-                      "resumed": [], "released": 0}
+                      "started": [], "resumed": [], "released": 0}
     assert queue_rows(pg_conn, campaign_id)[phone(1)]["unconfirmed_resends"] == 1
     assert graph.accepted == {phone(1): 2, phone(2): 1}
     assert queue_rows(pg_conn, campaign_id)[phone(1)]["status"] == "sent"

@@ -27,6 +27,7 @@ import binascii
 import json
 import os
 import uuid
+from datetime import datetime
 from functools import lru_cache
 from http import HTTPStatus
 
@@ -267,9 +268,24 @@ def _new_campaign(body: dict, campaign_id: str | None) -> campaigns.NewCampaign:
         components=_check_components(body.get("components", [])),
         id=campaign_id or str(uuid.uuid4()),
         auto_resume=_flag(body, "auto_resume"),
+        start_at=_start_at(body.get("start_at")),
     )
     new.validate()
     return new
+
+
+def _start_at(value: object) -> datetime | None:
+    """start_at: an ISO 8601 time with its zone, or absent."""
+    if value is None:
+        return None
+    try:
+        return datetime.fromisoformat(value) if isinstance(value, str) and len(value) <= 64 else _bad_start_at()
+    except ValueError:
+        return _bad_start_at()
+
+
+def _bad_start_at():
+    raise RequestError("start_at must be an ISO time with its zone, e.g. 2026-12-01T09:00:00+05:30")
 
 
 def _flag(body: dict, name: str) -> bool:
@@ -350,6 +366,7 @@ def _job_campaign(new: campaigns.NewCampaign) -> dict:
         "phone_number_id": new.phone_number_id,
         "components": list(new.components),
         "auto_resume": new.auto_resume,
+        "start_at": new.start_at.isoformat() if new.start_at else None,
     }
 
 
@@ -422,6 +439,7 @@ def _job_input(event: dict) -> tuple[campaigns.NewCampaign, dict, str | None]:
         components=_check_components(job_campaign.get("components", [])),
         id=canonical_id(job_campaign.get("id"), "job campaign id"),
         auto_resume=job_campaign.get("auto_resume") is True,
+        start_at=_start_at(job_campaign.get("start_at")),
     )
     new.validate()
     region = event.get("default_country")

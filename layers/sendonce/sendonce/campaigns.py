@@ -6,6 +6,7 @@ import re
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 
 import psycopg
 
@@ -13,6 +14,7 @@ from sendonce import db, messaging_limit, sqs, templates
 from sendonce.contacts import Contact, ContactList, InvalidRow, no_valid_contacts
 from sendonce.errors import (
     CampaignInputError,
+    ConfigError,
     CampaignNotFoundError,
     CampaignStateError,
     DatabaseError,
@@ -43,6 +45,8 @@ class NewCampaign:
     id: str = field(default_factory=lambda: str(uuid.uuid4()))
     # Resume by itself when what paused it is over (its template approved again, a spam-limit pause ended).
     auto_resume: bool = False
+    # Start then (reset_stuck starts it once the time has come); None: now.
+    start_at: datetime | None = None
 
     def validate(self) -> None:
         """Raise `CampaignInputError` naming the first bad field."""
@@ -65,6 +69,22 @@ class NewCampaign:
             uuid.UUID(self.id)
         except (ValueError, TypeError, AttributeError):
             raise CampaignInputError(f"campaign id must be a UUID, got {self.id!r}") from None
+        if self.start_at is not None:
+            check_start_at(self.start_at)
+
+
+MAX_SCHEDULE_AHEAD = timedelta(days=365)
+
+
+def check_start_at(start_at: datetime, name: str = "--start-at") -> None:
+    """Raise `CampaignInputError` unless `start_at` has a time zone and lies between now and a year ahead."""
+    if start_at.tzinfo is None or start_at.utcoffset() is None:
+        raise CampaignInputError(f"{name} needs a time zone, e.g. 2026-12-01T09:00:00+05:30 or ...Z")
+    now = datetime.now(UTC)
+    if start_at < now - timedelta(minutes=1):
+        raise CampaignInputError(f"{name} {start_at.isoformat()} is in the past")
+    if start_at > now + MAX_SCHEDULE_AHEAD:
+        raise CampaignInputError(f"{name} must be within a year, got {start_at.isoformat()}")
 
 
 def canonical_campaign_id(value: object) -> str:
@@ -192,6 +212,7 @@ def create_campaign(
         "components": list(campaign.components),
         "total_recipients": len(contacts.contacts),
         "auto_resume": campaign.auto_resume,
+        "start_at": campaign.start_at,
     }
     try:
         repository.insert_campaign(conn, fields, ((c.phone, c.params) for c in contacts.contacts))
@@ -206,6 +227,13 @@ def create_campaign(
         invalid=contacts.invalid_count,
         duplicates=contacts.duplicates,
     )
+    if repository.campaign_status(conn, campaign_id) == "scheduled":
+        # Nothing is enqueued before its time: reset_stuck starts it then (enqueue_campaign, the limit included).
+        logger.info("campaign scheduled", campaign_id=campaign_id, start_at=campaign.start_at.isoformat())
+        return CreatedCampaign(
+            campaign_id, len(contacts.contacts), contacts.invalid, contacts.duplicates, 0, contacts.invalid_count,
+            check, {**before, "message": f"scheduled: starts at {campaign.start_at.isoformat()}"},
+        )
     limit = messaging_limit.forecast(before, len(contacts.contacts), *messaging_limit.place_in_line(conn, campaign_id))
     if limit_note:
         limit["note"] = limit_note
@@ -237,6 +265,25 @@ def audience(conn: psycopg.Connection, source_id: str, name: str) -> ContactList
         raise CampaignNotFoundError(f"no campaign {source_id} (--from-campaign)")
     return ContactList(contacts=[Contact(phone, tuple(params or ())) for phone, params in
                                  repository.audience_rows(conn, source_id, name)])
+
+
+def start_scheduled(conn: psycopg.Connection, queue_url: str) -> list[str]:
+    """Start every scheduled campaign whose time has come (running, its rows enqueued); their ids.
+
+    A start whose enqueue fails is scheduled again, still due, and this run stops: the next one starts it.
+    """
+    started = []
+    while (campaign_id := repository.start_due(conn)) is not None:
+        try:
+            enqueue_campaign(conn, campaign_id, queue_url)
+        except (EnqueueError, ConfigError) as exc:
+            logger.error("scheduled campaign not started; tried again at the next run", campaign_id=campaign_id,
+                         error=str(exc)[:500])
+            repository.unstart(conn, campaign_id)
+            break
+        logger.info("scheduled campaign started", campaign_id=campaign_id)
+        started.append(campaign_id)
+    return started
 
 
 def replay_create(

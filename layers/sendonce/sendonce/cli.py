@@ -193,7 +193,7 @@ def _cmd_campaign_create(args: argparse.Namespace) -> int:
     campaign = campaigns.NewCampaign(
         name=args.name, template_name=args.template, language_code=args.language, phone_number_id=args.phone_number_id,
         components=_header_media(args.header_media), auto_resume=args.auto_resume,
-        **({"id": args.id} if args.id else {}),
+        start_at=_start_at(args.start_at), **({"id": args.id} if args.id else {}),
     )
     campaign.validate()
     if args.from_campaign:
@@ -235,6 +235,19 @@ def _cmd_campaign_create(args: argparse.Namespace) -> int:
         print(f"  {created.messaging_limit['message']}")
     _print_invalid(created.invalid)
     return 0
+
+
+def _start_at(value: str | None):
+    """--start-at as an aware datetime (ISO 8601 with a zone: 2026-12-01T09:00+05:30, ...Z)."""
+    if not value:
+        return None
+    from datetime import datetime
+
+    try:
+        return datetime.fromisoformat(value.strip())
+    except ValueError:
+        raise CampaignInputError(f"--start-at must be an ISO time with a zone, e.g. 2026-12-01T09:00:00+05:30, "
+                                 f"got {value[:40]!r}") from None
 
 
 def _header_media(value: str | None) -> tuple[dict, ...]:
@@ -306,6 +319,8 @@ def _print_status(counters: dict) -> None:
 def _meta_lines(counters: dict) -> list[str]:
     """What Meta's limits do to the campaign, one line each (control.status's meta state)."""
     lines = []
+    if counters.get("status") == "scheduled":
+        lines.append(f"scheduled: starts at {counters.get('start_at')}")
     if counters.get("status") == "paused" and counters.get("paused_until"):
         auto = "; it resumes by itself then" if counters.get("auto_resume") else ""
         lines.append(f"paused until about {counters['paused_until']}{auto}")
@@ -464,8 +479,9 @@ def _cmd_reset_stuck(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({**result, **unblocked}))
         return 0
-    if unblocked["resumed"] or unblocked["released"]:
-        print(f"reset-stuck: {_count(len(unblocked['resumed']), 'campaign')} resumed (auto-resume), "
+    if unblocked["started"] or unblocked["resumed"] or unblocked["released"]:
+        print(f"reset-stuck: {_count(len(unblocked['started']), 'scheduled campaign')} started, "
+              f"{_count(len(unblocked['resumed']), 'campaign')} resumed (auto-resume), "
               f"{_count(unblocked['released'], 'waiting row')} enqueued")
     if not any(result.values()):
         print("reset-stuck: no stuck rows")
@@ -690,6 +706,11 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument(
         "--header-media", metavar="KIND:URL",
         help="the header media of a template with an IMAGE, VIDEO or DOCUMENT header, e.g. image:https://...",
+    )
+    create.add_argument(
+        "--start-at", metavar="TIME",
+        help="start then, not now: an ISO time with its zone (2026-12-01T09:00:00+05:30); until then the campaign "
+        "is `scheduled`, nothing is enqueued, and `campaign cancel` cancels it",
     )
     create.add_argument(
         "--auto-resume", action="store_true",

@@ -64,6 +64,7 @@ def _meta_state(conn: psycopg.Connection, campaign_id: str) -> dict:
         "paused_by": detail["paused_by"],
         "paused_until": detail["paused_until"].isoformat() if detail["paused_until"] else None,
         "auto_resume": detail["auto_resume"],
+        "start_at": detail["start_at"].isoformat() if detail["start_at"] else None,
         "template": {"name": detail["template_name"], "language": detail["language_code"],
                      "status": detail["template_status"], "reason": detail["template_reason"]},
         "messaging_limit": limit,

@@ -9,7 +9,7 @@ from collections import Counter
 
 import psycopg
 
-from sendonce import control, journal, sqs
+from sendonce import campaigns, control, journal, sqs
 from sendonce.config import get_settings, send_queue_url
 from sendonce.db import transaction
 from sendonce.errors import DatabaseError, EnqueueError, MalformedMessageError
@@ -96,10 +96,14 @@ def release_waiting(conn: psycopg.Connection, queue_url: str | None = None, dead
 
 
 def unblock(conn: psycopg.Connection, queue_url: str | None = None) -> dict:
-    """What the schedule does besides resetting stuck rows: resume campaigns whose pause is over (auto_resume), then
-    enqueue rows whose wait is over."""
+    """What the schedule does besides resetting stuck rows: start scheduled campaigns whose time has come, resume
+    campaigns whose pause is over (auto_resume), then enqueue rows whose wait is over."""
     queue_url = queue_url or send_queue_url()
-    return {"resumed": control.auto_resume(conn, queue_url), "released": release_waiting(conn, queue_url)}
+    return {
+        "started": campaigns.start_scheduled(conn, queue_url),
+        "resumed": control.auto_resume(conn, queue_url),
+        "released": release_waiting(conn, queue_url),
+    }
 
 
 def _write_journal_results(

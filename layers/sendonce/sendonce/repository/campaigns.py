@@ -13,9 +13,10 @@ from sendonce.errors import CampaignStateError
 
 INSERT_CAMPAIGN = """
 INSERT INTO campaigns (id, name, template_name, language_code, phone_number_id, components, total_recipients,
-                       auto_resume)
+                       auto_resume, start_at, status)
 VALUES (%(id)s, %(name)s, %(template_name)s, %(language_code)s, %(phone_number_id)s, %(components)s,
-        %(total_recipients)s, %(auto_resume)s)
+        %(total_recipients)s, %(auto_resume)s, %(start_at)s,
+        CASE WHEN %(start_at)s::timestamptz > now() THEN 'scheduled' ELSE 'running' END)
 """
 
 COPY_ROWS = "COPY send_queue (campaign_id, phone_number, params) FROM STDIN"
@@ -94,7 +95,8 @@ def insert_campaign(conn: psycopg.Connection, fields: dict, rows_: Iterable[tupl
     try:
         with conn.transaction(), conn.cursor() as cur:
             cur.execute(INSERT_CAMPAIGN, {**fields, "components": json.dumps(fields.get("components") or []),
-                                          "auto_resume": bool(fields.get("auto_resume"))})
+                                          "auto_resume": bool(fields.get("auto_resume")),
+                                          "start_at": fields.get("start_at")})
             campaign_id = uuid.UUID(fields["id"])
             with cur.copy(COPY_ROWS) as copy:
                 copy.set_types(["uuid", "text", "text[]"])
@@ -105,6 +107,28 @@ def insert_campaign(conn: psycopg.Connection, fields: dict, rows_: Iterable[tupl
         raise CampaignStateError(f"campaign {fields['id']} already exists") from exc
     except psycopg.Error as exc:
         raise database_error(exc, "creating the campaign failed") from exc
+
+
+# Scheduled campaigns whose time has come, started one by one (each then enqueued by the caller).
+START_DUE = """
+UPDATE campaigns SET status = 'running', updated_at = now()
+WHERE id = (SELECT id FROM campaigns WHERE status = 'scheduled' AND start_at <= now()
+            ORDER BY start_at LIMIT 1 FOR UPDATE SKIP LOCKED)
+RETURNING id::text
+"""
+# A start whose enqueue failed: scheduled again (still due), so the next run starts it again.
+UNSTART = "UPDATE campaigns SET status = 'scheduled', updated_at = now() WHERE id = %(campaign_id)s AND status = 'running'"
+
+
+def start_due(conn: psycopg.Connection) -> str | None:
+    """Start the next scheduled campaign whose time has come; its id, or None."""
+    found = rows(conn, START_DUE, {}, "starting a scheduled campaign failed")
+    return found[0][0] if found else None
+
+
+def unstart(conn: psycopg.Connection, campaign_id: str) -> None:
+    """Put a campaign whose start failed back to `scheduled`."""
+    rows(conn, UNSTART, {"campaign_id": campaign_id}, "rescheduling the campaign failed")
 
 
 def campaign_status(conn: psycopg.Connection, campaign_id: str) -> str | None:
