@@ -6,11 +6,11 @@ import re
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, time, timedelta
 
 import psycopg
 
-from sendonce import db, messaging_limit, sqs, templates
+from sendonce import db, messaging_limit, phones, sqs, templates
 from sendonce.contacts import Contact, ContactList, InvalidRow, no_valid_contacts
 from sendonce.errors import (
     CampaignInputError,
@@ -47,6 +47,10 @@ class NewCampaign:
     auto_resume: bool = False
     # Start then (reset_stuck starts it once the time has come); None: now.
     start_at: datetime | None = None
+    # Quiet hours: send only from opens to closes (closes < opens: overnight), in each recipient's local time
+    # (the number's zone; `time_zone` for numbers that span several zones).
+    send_window: tuple[time, time] | None = None
+    time_zone: str = "UTC"
 
     def validate(self) -> None:
         """Raise `CampaignInputError` naming the first bad field."""
@@ -71,6 +75,10 @@ class NewCampaign:
             raise CampaignInputError(f"campaign id must be a UUID, got {self.id!r}") from None
         if self.start_at is not None:
             check_start_at(self.start_at)
+        if self.send_window is not None:
+            check_time_zone(self.time_zone)
+            if self.send_window[0] == self.send_window[1]:
+                raise CampaignInputError("--send-window must open and close at different times")
 
 
 MAX_SCHEDULE_AHEAD = timedelta(days=365)
@@ -85,6 +93,16 @@ def check_start_at(start_at: datetime, name: str = "--start-at") -> None:
         raise CampaignInputError(f"{name} {start_at.isoformat()} is in the past")
     if start_at > now + MAX_SCHEDULE_AHEAD:
         raise CampaignInputError(f"{name} must be within a year, got {start_at.isoformat()}")
+
+
+def check_time_zone(name: str, flag: str = "--time-zone") -> None:
+    """Raise `CampaignInputError` unless `name` is an IANA time zone (Asia/Kolkata, America/New_York, UTC)."""
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise CampaignInputError(f"{flag} must be an IANA time zone such as Asia/Kolkata, got {name[:40]!r}") from None
 
 
 def canonical_campaign_id(value: object) -> str:
@@ -213,9 +231,15 @@ def create_campaign(
         "total_recipients": len(contacts.contacts),
         "auto_resume": campaign.auto_resume,
         "start_at": campaign.start_at,
+        "window_opens": campaign.send_window[0] if campaign.send_window else None,
+        "window_closes": campaign.send_window[1] if campaign.send_window else None,
     }
+    if campaign.send_window:
+        rows_ = ((c.phone, c.params, phones.time_zone(c.phone, campaign.time_zone)) for c in contacts.contacts)
+    else:
+        rows_ = ((c.phone, c.params) for c in contacts.contacts)
     try:
-        repository.insert_campaign(conn, fields, ((c.phone, c.params) for c in contacts.contacts))
+        repository.insert_campaign(conn, fields, rows_)
     except DatabaseError as exc:
         if _refused_before_commit(exc):
             raise
@@ -234,7 +258,9 @@ def create_campaign(
             campaign_id, len(contacts.contacts), contacts.invalid, contacts.duplicates, 0, contacts.invalid_count,
             check, {**before, "message": f"scheduled: starts at {campaign.start_at.isoformat()}"},
         )
-    limit = messaging_limit.forecast(before, len(contacts.contacts), *messaging_limit.place_in_line(conn, campaign_id))
+    outside_window = repository.wait_for_window(conn, campaign_id)
+    limit = messaging_limit.forecast(before, len(contacts.contacts) - outside_window,
+                                     *messaging_limit.place_in_line(conn, campaign_id))
     if limit_note:
         limit["note"] = limit_note
     # A new campaign's rows have no other message: their enqueue_id stays NULL (any of theirs is current).
@@ -369,6 +395,7 @@ def enqueue_campaign(
     if repository.campaign_status(conn, campaign_id) is None:
         raise CampaignNotFoundError(f"no campaign {campaign_id}")
     enqueue_id = enqueue_id or uuid.uuid4().hex
+    repository.wait_for_window(conn, campaign_id)  # rows outside their send window wait for it, without a message
     messaging_limit.place_in_line(conn, campaign_id)  # rows beyond the room left wait, without a message
     messages = (QueueMessage(i, campaign_id, enqueue_id) for i in repository.mark_ready_rows(conn, campaign_id, enqueue_id))
     return _enqueue(campaign_id, queue_url, messages, on_progress)

@@ -55,6 +55,18 @@ def normalize(raw: str, default_region: str | None = None) -> str:
     raise InvalidPhoneError(reason)
 
 
+def time_zone(phone: str, default: str) -> str:
+    """The recipient's time zone from the number (E.164 digits), or `default` when the number spans several zones
+    (the USA, Russia, Brazil...) or none is known."""
+    from phonenumbers import timezone
+
+    try:
+        zones = timezone.time_zones_for_number(phonenumbers.parse("+" + phone))
+    except phonenumbers.NumberParseException:
+        return default
+    return zones[0] if len(zones) == 1 and zones[0] != timezone.UNKNOWN_TIMEZONE else default
+
+
 def mask(phone: str) -> str:
     """Hide all but the last four digits, for logs: 919741771659 -> ********1659."""
     return "*" * max(len(phone) - 4, 0) + phone[-4:]

@@ -406,12 +406,13 @@ class _Batch:
         self.outcomes[message_id] = exc
 
     def _wait(self, message_id: str, message: QueueMessage, claim: ClaimOutcome) -> None:
-        """No room in the portfolio's messaging limit: the row waits in the database, and this message is done."""
-        self.counts["waiting_limit"] += 1
+        """No room in the messaging limit, or outside the send window: the row waits in the database (reset_stuck
+        enqueues it when its wait is over), and this message is done."""
+        self.counts["waiting_limit" if claim.wait_reason == "messaging limit" else "waiting_window"] += 1
         until = claim.wait_until.isoformat() if claim.wait_until else None
-        logger.info("waiting for the messaging limit", campaign_id=message.campaign_id, queue_id=message.queue_id,
+        logger.info("waiting", reason=claim.wait_reason, campaign_id=message.campaign_id, queue_id=message.queue_id,
                     phone_number_id=claim.phone_number_id, wait_until=until)
-        self.outcomes[message_id] = {"queue_id": message.queue_id, "result": "waiting", "reason": "messaging limit",
+        self.outcomes[message_id] = {"queue_id": message.queue_id, "result": "waiting", "reason": claim.wait_reason,
                                      "wait_until": until}
 
     def _skip(
@@ -436,7 +437,7 @@ class _Batch:
             f"{c['sent']} sent, {c['failed']} failed, {c['skipped']} skipped (already sent)",
             sent=c["sent"], failed=c["failed"], skipped=c["skipped"], retried=c["retry"] + c["retried"],
             ambiguous=c["ambiguous"], halted=c["halt"], deferred=c["defer_throttled"] + c["defer_no_slot"],
-            waiting=c["waiting_limit"] + c["wait"],
+            waiting=c["waiting_limit"] + c["waiting_window"] + c["wait"],
             unknown=c["unknown"], replayed=c["replayed"], records=records,
         )
 

@@ -13,13 +13,13 @@ from sendonce.errors import CampaignStateError
 
 INSERT_CAMPAIGN = """
 INSERT INTO campaigns (id, name, template_name, language_code, phone_number_id, components, total_recipients,
-                       auto_resume, start_at, status)
+                       auto_resume, start_at, send_window_opens, send_window_closes, status)
 VALUES (%(id)s, %(name)s, %(template_name)s, %(language_code)s, %(phone_number_id)s, %(components)s,
-        %(total_recipients)s, %(auto_resume)s, %(start_at)s,
+        %(total_recipients)s, %(auto_resume)s, %(start_at)s, %(window_opens)s, %(window_closes)s,
         CASE WHEN %(start_at)s::timestamptz > now() THEN 'scheduled' ELSE 'running' END)
 """
 
-COPY_ROWS = "COPY send_queue (campaign_id, phone_number, params) FROM STDIN"
+COPY_ROWS = "COPY send_queue (campaign_id, phone_number, params, time_zone) FROM STDIN"
 
 # Numbers that opted out are counted as cancelled from the start and never enqueued.
 CANCEL_SUPPRESSED = """
@@ -90,18 +90,21 @@ def audience_rows(conn: psycopg.Connection, campaign_id: str, audience: str) -> 
         raise database_error(exc, "reading the audience failed") from exc
 
 
-def insert_campaign(conn: psycopg.Connection, fields: dict, rows_: Iterable[tuple[str, tuple[str, ...]]]) -> None:
-    """Insert a campaign and COPY its rows, in one transaction: either all of it exists or none."""
+def insert_campaign(conn: psycopg.Connection, fields: dict, rows_: Iterable[tuple]) -> None:
+    """Insert a campaign and COPY its rows, (phone, params[, time zone]) each, in one transaction: either all of it
+    exists or none."""
     try:
         with conn.transaction(), conn.cursor() as cur:
             cur.execute(INSERT_CAMPAIGN, {**fields, "components": json.dumps(fields.get("components") or []),
                                           "auto_resume": bool(fields.get("auto_resume")),
-                                          "start_at": fields.get("start_at")})
+                                          "start_at": fields.get("start_at"),
+                                          "window_opens": fields.get("window_opens"),
+                                          "window_closes": fields.get("window_closes")})
             campaign_id = uuid.UUID(fields["id"])
             with cur.copy(COPY_ROWS) as copy:
-                copy.set_types(["uuid", "text", "text[]"])
-                for phone, params in rows_:
-                    copy.write_row((campaign_id, phone, list(params)))
+                copy.set_types(["uuid", "text", "text[]", "text"])
+                for phone, params, *zone in rows_:
+                    copy.write_row((campaign_id, phone, list(params), zone[0] if zone else None))
             cur.execute(CANCEL_SUPPRESSED, {"campaign_id": campaign_id})
     except psycopg.errors.UniqueViolation as exc:
         raise CampaignStateError(f"campaign {fields['id']} already exists") from exc
@@ -118,6 +121,24 @@ RETURNING id::text
 """
 # A start whose enqueue failed: scheduled again (still due), so the next run starts it again.
 UNSTART = "UPDATE campaigns SET status = 'scheduled', updated_at = now() WHERE id = %(campaign_id)s AND status = 'running'"
+
+
+# Quiet hours: the campaign's ready rows outside their recipient's send window wait for it to open.
+WAIT_FOR_WINDOW = """
+UPDATE send_queue q
+SET wait_until = send_window_opens_at(c.send_window_opens, c.send_window_closes, q.time_zone),
+    wait_reason = 'send window', updated_at = now()
+FROM campaigns c
+WHERE c.id = %(campaign_id)s AND q.campaign_id = c.id AND q.status = 'ready' AND c.send_window_opens IS NOT NULL
+  AND (q.wait_until IS NULL OR q.wait_until <= now())
+  AND send_window_opens_at(c.send_window_opens, c.send_window_closes, q.time_zone) IS NOT NULL
+RETURNING q.id
+"""
+
+
+def wait_for_window(conn: psycopg.Connection, campaign_id: str) -> int:
+    """Make the campaign's ready rows outside their send window wait for it; how many."""
+    return len(rows(conn, WAIT_FOR_WINDOW, {"campaign_id": campaign_id}, "waiting for the send window failed"))
 
 
 def start_due(conn: psycopg.Connection) -> str | None:

@@ -34,16 +34,20 @@ WITH requested AS (
 target AS (
     SELECT q.id, q.status, q.whatsapp_message_id, c.status AS campaign_status, c.phone_number_id, r.enqueue_id,
            r.line_at, q.phone_number, q.wait_until,
+           send_window_opens_at(c.send_window_opens, c.send_window_closes, q.time_zone) AS window_opens_at,
            EXISTS (SELECT 1 FROM suppressions s WHERE s.phone_number = q.phone_number) AS suppressed
     FROM requested r
     JOIN send_queue q ON q.id = r.id AND q.campaign_id = r.campaign_id
     JOIN campaigns c ON c.id = q.campaign_id
 ),
-sendable AS (
-    SELECT t.id, t.phone_number_id, t.line_at, t.phone_number
-    FROM target t
+ready_now AS (
+    SELECT t.* FROM target t
     WHERE t.campaign_status = 'running' AND NOT t.suppressed AND t.status = 'ready' AND t.whatsapp_message_id IS NULL
       AND (t.wait_until IS NULL OR t.wait_until <= now())
+),
+-- Quiet hours (migration 009): a row outside its recipient's send window waits for the window to open.
+sendable AS (
+    SELECT t.id, t.phone_number_id, t.line_at, t.phone_number FROM ready_now t WHERE t.window_opens_at IS NULL
 ),
 -- The portfolio's messaging limit (migration 007): rows to users beyond the room left wait for their room.
 admission AS MATERIALIZED (
@@ -111,10 +115,12 @@ claimed AS (
 ),
 waiting AS (
     UPDATE send_queue q
-    SET wait_until = a.wait_until, wait_reason = 'messaging limit', updated_at = now()
-    FROM admission a
-    WHERE q.id = a.id AND NOT a.admitted AND q.status = 'ready' AND q.whatsapp_message_id IS NULL
-    RETURNING q.id, q.wait_until
+    SET wait_until = w.wait_until, wait_reason = w.reason, updated_at = now()
+    FROM (SELECT a.id, a.wait_until, 'messaging limit' AS reason FROM admission a WHERE NOT a.admitted
+          UNION ALL
+          SELECT t.id, t.window_opens_at, 'send window' FROM ready_now t WHERE t.window_opens_at IS NOT NULL) w
+    WHERE q.id = w.id AND q.status = 'ready' AND q.whatsapp_message_id IS NULL
+    RETURNING q.id, q.wait_until, q.wait_reason
 ),
 cancelled AS (
     UPDATE send_queue q
@@ -132,7 +138,7 @@ SELECT t.id, t.status, t.whatsapp_message_id, t.campaign_status,
        sl.has_slot, sl.send_in, sl.reserved_until, sl.mps,
        extract(epoch FROM now()) + sl.send_in AS line_at,
        d.callback_key, coalesce(w.wait_until, q.wait_until) AS wait_until,
-       CASE WHEN w.id IS NOT NULL THEN 'messaging limit' ELSE q.wait_reason END AS wait_reason,
+       coalesce(w.wait_reason, q.wait_reason) AS wait_reason,
        w.id IS NOT NULL AS waits
 FROM target t
 JOIN send_queue q ON q.id = t.id
@@ -253,7 +259,7 @@ class ClaimOutcome:
     send_in: float | None = None
     line_at: float | None = None
     # Not sent before this time (a `ready` row that waits, e.g. for room in the messaging limit), and why;
-    # `waits_now`: this claim found no room for it in the messaging limit and made it wait.
+    # `waits_now`: this claim made it wait (no room in the messaging limit, or outside its send window).
     wait_until: datetime | None = None
     wait_reason: str | None = None
     waits_now: bool = False
