@@ -715,7 +715,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--dry-run",
         action="store_true",
         help="check the file, the arguments and (with WHATSAPP_BUSINESS_ACCOUNT_ID) the template, and print what "
-        "would be created; needs no database, queue or AWS, "
+        "would be created; needs no database (but --from-campaign reads it), queue or AWS, "
         "writes nothing (exit 0 if there is a valid contact, else 2)",
     )
     create.add_argument(
