@@ -111,6 +111,11 @@ def sleep_past_killed_invocation(conn: psycopg.Connection, row_id: int, timeout_
 WEBHOOK_SECRET = "example-app-secret"  # the app secret events/webhook_status_post.json is signed with
 
 
+def invoke_reset_stuck() -> dict:
+    """One scheduled run of reset_stuck, invoked with its event file as `sam local invoke` would."""
+    return load_handler("reset_stuck")(load_event("reset_stuck_schedule.json"), LocalContext("reset_stuck"))
+
+
 def invoke_webhook(event: dict) -> dict:
     """The webhook handler, invoked as `sam local invoke` would."""
     return load_handler("webhook")(event, LocalContext("webhook"))

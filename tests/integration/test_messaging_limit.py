@@ -19,8 +19,7 @@ from sendonce.cli import main
 from sendonce.config import get_settings
 from sendonce.contacts import Contact, ContactList
 from sendonce.local.event_source import SqsEventSource
-from sendonce.local.lambda_runtime import LocalContext, load_handler
-from tests.helpers import load_event, phone
+from tests.helpers import invoke_reset_stuck, phone
 
 NUMBER = "106540352242922"
 
@@ -35,9 +34,6 @@ def window(monkeypatch, graph) -> float:
     return seconds
 
 
-def _reset_stuck() -> dict:
-    return load_handler("reset_stuck")(load_event("reset_stuck_schedule.json"), LocalContext("reset_stuck"))
-
 
 def _send_until_done(event_source, pg_conn, campaign_ids: list[str], timeout: float = 150.0) -> list[dict]:
     """Drain the queue, run the schedule (which enqueues rows whose room freed), until nothing is pending.
@@ -51,7 +47,7 @@ def _send_until_done(event_source, pg_conn, campaign_ids: list[str], timeout: fl
         if not any(s["pending"] for s in statuses):
             return seen
         seen += [s for s in statuses if s["waiting"]]
-        _reset_stuck()
+        invoke_reset_stuck()
         time.sleep(0.25)
     raise TimeoutError("rows still pending")
 

@@ -6,11 +6,8 @@ from sendonce import control
 from sendonce.cli import main
 from sendonce.local.lambda_runtime import LocalContext, load_handler
 from sendonce.models import QueueMessage
-from tests.helpers import deliver_event, load_event, phone, queue_rows, receive_event
+from tests.helpers import deliver_event, invoke_reset_stuck, phone, queue_rows, receive_event
 
-
-def _reset_stuck() -> dict:
-    return load_handler("reset_stuck")(load_event("reset_stuck_schedule.json"), LocalContext("reset_stuck"))
 
 
 def test_per_user_marketing_limit_waits_24_hours_without_a_message_then_tries_once_more(
@@ -34,7 +31,7 @@ def test_per_user_marketing_limit_waits_24_hours_without_a_message_then_tries_on
                                   "title": control.NOT_NOW_TITLES[131049]}]
     assert main(["campaign", "status", campaign_id]) == 0
     assert "2 rows wait: per-user marketing limit (131049), until" in capsys.readouterr().out
-    assert _reset_stuck()["released"] == 0  # not before the 24 h
+    assert invoke_reset_stuck()["released"] == 0  # not before the 24 h
     # ... and a dead message of a waiting row (its receives ran out while it was sent) does not fail it
     waiting_row = rows[phone(2)]
     dead = {"Records": [{"messageId": "dead-1", "receiptHandle": "r", "attributes": {"ApproximateReceiveCount": "6"},
@@ -47,7 +44,7 @@ def test_per_user_marketing_limit_waits_24_hours_without_a_message_then_tries_on
 
     # When the 24 h are over (moved into the past) and the schedule runs
     pg_conn.execute("UPDATE send_queue SET wait_until = now() - interval '1 second' WHERE wait_until IS NOT NULL")
-    assert _reset_stuck()["released"] == 2
+    assert invoke_reset_stuck()["released"] == 2
 
     # (pending rows that no longer wait are a stall, once the counters stayed still long enough)
     pg_conn.execute("UPDATE campaigns SET progress_at = now() - interval '2 hours'")
@@ -83,12 +80,12 @@ def test_spam_rate_limit_pauses_the_campaign_for_the_pause_then_auto_resume_fini
     status = control.status(pg_conn, campaign_id)
     assert (status["status"], status["paused_by"], status["failed"], status["pending"]) == ("paused", "spam_limit", 0, 5)
     assert "131048" in status["pause_reason"]
-    assert _reset_stuck()["resumed"] == []
+    assert invoke_reset_stuck()["resumed"] == []
 
     # When the pause is over (moved into the past), the schedule resumes it and it finishes, each once
     pg_conn.execute("UPDATE campaigns SET paused_until = now() - interval '1 second' WHERE id = %s", (campaign_id,))
     graph.reset()
-    assert _reset_stuck()["resumed"] == [campaign_id]
+    assert invoke_reset_stuck()["resumed"] == [campaign_id]
     event_source.run_until_empty(timeout=60)
     assert graph.accepted == {phone(i): 1 for i in range(5)}
 
@@ -117,7 +114,7 @@ def test_a_wait_kept_in_the_batch_journal_still_waits_24_hours(make_campaign, gr
     # When PostgreSQL is back and reset_stuck writes the journal's results
     pg_proxy.heal()
     pg_conn.execute("UPDATE send_queue SET claimed_at = claimed_at - interval '601 seconds'")
-    result = _reset_stuck()
+    result = invoke_reset_stuck()
 
     # Then the row waits its 24 h without a message (not resent at once), and the other is sent
     assert (result["recovered"], result["enqueued"]) == (2, 0)

@@ -9,14 +9,10 @@ from datetime import UTC, datetime, timedelta
 from sendonce import control
 from sendonce.cli import main
 from sendonce.local.event_source import queue_depth
-from sendonce.local.lambda_runtime import LocalContext, load_handler
-from tests.helpers import load_event, phone
+from tests.helpers import invoke_reset_stuck, phone
 
 NUMBER = "106540352242922"
 
-
-def _reset_stuck() -> dict:
-    return load_handler("reset_stuck")(load_event("reset_stuck_schedule.json"), LocalContext("reset_stuck"))
 
 
 def _create(csv, start_at: str) -> list[str]:
@@ -37,11 +33,11 @@ def test_scheduled_campaign_waits_for_its_time_then_sends_each_once(graph, pg_co
     status = control.status(pg_conn, created["campaign_id"])
     assert (status["status"], status["pending"]) == ("scheduled", 5)
     assert queue_depth(aws.send_queue_url) == 0
-    assert _reset_stuck()["started"] == []
+    assert invoke_reset_stuck()["started"] == []
 
     # When its time has come and the schedule runs
     time.sleep(max((start - datetime.now(UTC)).total_seconds(), 0) + 0.1)
-    assert _reset_stuck()["started"] == [created["campaign_id"]]
+    assert invoke_reset_stuck()["started"] == [created["campaign_id"]]
     event_source.run_until_empty(timeout=60)
 
     # Then every recipient got it once
@@ -57,7 +53,7 @@ def test_scheduled_campaign_cancelled_before_its_time_is_never_sent(graph, pg_co
     campaign_id = json.loads(capsys.readouterr().out)["campaign_id"]
     assert main(["campaign", "cancel", campaign_id]) == 0
     time.sleep(1.2)
-    assert _reset_stuck()["started"] == []
+    assert invoke_reset_stuck()["started"] == []
     event_source.run_until_empty(timeout=30)
     assert graph.accepted == {}
     assert control.status(pg_conn, campaign_id)["cancelled"] == 1

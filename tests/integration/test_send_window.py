@@ -9,8 +9,7 @@ from zoneinfo import ZoneInfo
 
 from sendonce import control
 from sendonce.cli import main
-from sendonce.local.lambda_runtime import LocalContext, load_handler
-from tests.helpers import load_event, phone, queue_rows
+from tests.helpers import invoke_reset_stuck, phone, queue_rows
 
 LOS_ANGELES = [f"1415555{i:04d}" for i in range(2671, 2674)]  # one zone: America/Los_Angeles
 
@@ -37,12 +36,12 @@ def test_rows_outside_their_window_are_sent_only_after_it_opens_each_once(graph,
     assert graph.accepted == {n: 1 for n in india}
     waiting = control.status(pg_conn, created["campaign_id"])["waiting"]
     assert [(w["reason"], w["rows"]) for w in waiting] == [("send window", 3)]
-    assert load_handler("reset_stuck")(load_event("reset_stuck_schedule.json"), LocalContext("r"))["released"] == 0
+    assert invoke_reset_stuck()["released"] == 0
 
     # When the window opens in Los Angeles and the schedule runs
     time.sleep(max((now + timedelta(seconds=3.2) - datetime.now(UTC)).total_seconds(), 0))
     released_at = time.monotonic()
-    assert load_handler("reset_stuck")(load_event("reset_stuck_schedule.json"), LocalContext("r"))["released"] == 3
+    assert invoke_reset_stuck()["released"] == 3
     event_source.run_until_empty(timeout=60)
 
     # Then Los Angeles got it too, after its window opened, and every recipient once

@@ -14,9 +14,9 @@ from sendonce.cli import main
 from sendonce.config import get_settings
 from sendonce.contacts import Contact, ContactList
 from sendonce.local.fake_graph import WABA_ID
-from sendonce.local.lambda_runtime import LocalContext, load_handler
 from tests.helpers import (
     WEBHOOK_SECRET,
+    invoke_reset_stuck,
     invoke_webhook,
     load_event,
     phone,
@@ -50,9 +50,6 @@ def _campaign_row(pg_conn, campaign_id: str) -> tuple:
         "SELECT status, paused_by, pause_reason, paused_until - now() FROM campaigns WHERE id = %s", (campaign_id,)
     ).fetchone()
 
-
-def _reset_stuck() -> dict:
-    return load_handler("reset_stuck")(load_event("reset_stuck_schedule.json"), LocalContext("reset_stuck"))
 
 
 def test_paused_template_pauses_its_running_campaign_within_one_batch_then_approved_and_resume_finish_it(
@@ -117,11 +114,11 @@ def test_auto_resume_campaign_resumes_by_itself_when_its_template_is_approved_ag
     status, paused_by, _, left = _campaign_row(pg_conn, campaign_id)
     assert (status, paused_by) == ("paused", "template") and 5.9 * 3600 < left.total_seconds() <= 6 * 3600
     assert meta.accepted == {}
-    assert _reset_stuck()["resumed"] == []  # not before the pause is over
+    assert invoke_reset_stuck()["resumed"] == []  # not before the pause is over
 
     # When the template is approved and the schedule runs
     template_status("APPROVED")
-    assert _reset_stuck()["resumed"] == [campaign_id]
+    assert invoke_reset_stuck()["resumed"] == [campaign_id]
     event_source.run_until_empty(timeout=60)
 
     # Then it finished, each recipient once
@@ -154,7 +151,7 @@ def test_auto_resume_whose_enqueue_fails_is_paused_again_and_retried_by_the_next
     get_sqs_client.cache_clear()
 
     # When the schedule runs: the resume fails, and the campaign is paused again, due, saying why
-    assert _reset_stuck()["resumed"] == []
+    assert invoke_reset_stuck()["resumed"] == []
     status, paused_by, reason, left = _campaign_row(pg_conn, campaign_id)
     assert (status, paused_by) == ("paused", "template") and left.total_seconds() <= 0
     assert reason.startswith("automatic resume failed, tried again at the next run: ")
@@ -162,7 +159,7 @@ def test_auto_resume_whose_enqueue_fails_is_paused_again_and_retried_by_the_next
     # When SQS is back, the next run resumes it, and every recipient gets the message once
     monkeypatch.setenv("SEND_QUEUE_URL", aws.send_queue_url)
     get_settings.cache_clear()
-    assert _reset_stuck()["resumed"] == [campaign_id]
+    assert invoke_reset_stuck()["resumed"] == [campaign_id]
     event_source.run_until_empty(timeout=60)
     assert meta.accepted == {phone(i): 1 for i in range(4)}
 
@@ -174,7 +171,7 @@ def test_disabled_template_pauses_for_good(meta, pg_conn, aws, event_source, cap
 
     assert _campaign_row(pg_conn, campaign_id)[:2] == ("paused", "template")
     assert _campaign_row(pg_conn, campaign_id)[3] is None  # no end: nothing resumes it by itself
-    assert _reset_stuck()["resumed"] == []
+    assert invoke_reset_stuck()["resumed"] == []
     assert main(["campaign", "resume", campaign_id]) == 2
     assert "is DISABLED (Meta refuses to send it)" in capsys.readouterr().err
     # --force is the operator's way out (the send then meets Meta's own answer, 132016, which pauses again)
