@@ -189,6 +189,9 @@ def expire_in_flight(w: World) -> None:
             )
 
 
+PRICING = {"billable": True, "pricing_model": "PMP", "category": "marketing", "type": "regular"}
+
+
 def post_accepted(w: World) -> None:
     """Meta's `sent` status for every send it accepted, with the callback data the sender gave it."""
     statuses = []
@@ -197,7 +200,8 @@ def post_accepted(w: World) -> None:
         for wamid in w.graph.wamids.get(to, []):
             if wamid not in w.posted:
                 w.posted.add(wamid)
-                statuses.append(status_update(wamid, "sent", 100, request["payload"]["biz_opaque_callback_data"], to=to))
+                statuses.append(status_update(wamid, "sent", 100, request["payload"]["biz_opaque_callback_data"], to=to,
+                                              pricing=PRICING))
     if statuses:
         assert post_statuses(statuses)["statusCode"] == 200
 

@@ -158,14 +158,17 @@ def template_status(event: str, name: str = "order_update", language: str = "en-
 
 
 def status_update(
-    wamid: str, status: str, at: int, callback: str | None = None, code: int | None = None, to: str = ""
+    wamid: str, status: str, at: int, callback: str | None = None, code: int | None = None, to: str = "",
+    pricing: dict | None = None,
 ) -> dict:
-    """One status object as Meta sends it in a webhook."""
+    """One status object as Meta sends it in a webhook (`pricing`: Meta's pricing object, as given)."""
     update = {"id": wamid, "status": status, "timestamp": str(STATUS_EPOCH + at), "recipient_id": to}
     if callback is not None:
         update["biz_opaque_callback_data"] = callback
     if code is not None:
         update["errors"] = [{"code": code, "title": f"error {code}"}]
+    if pricing is not None:
+        update["pricing"] = pricing
     return update
 
 

@@ -460,7 +460,9 @@ def test_dry_run_needs_no_setup_and_prints_what_would_be_created(contacts_csv, c
     assert out[1:3] == ["  line 4: '*2345': not a valid number for its country",
                         "  line 5: '*******2671': 3 fields, the header has 2"]
     assert out[3] == "template not checked: WHATSAPP_BUSINESS_ACCOUNT_ID is not set"
-    assert "DATABASE_URL" in out[4]
+    assert out[4].startswith("cost: estimate USD ") and "for 2 messages (marketing, category unknown" in out[4]
+    assert "DATABASE_URL" in out[5]
+    assert preview.pop("cost")["estimate"]["messages"] == 2
     assert preview == {
         "campaign_id": None, "recipients": 2, "invalid": 2, "duplicates": 1, "enqueued": 0, "dry_run": True,
         "invalid_rows": [{"line": 4, "value": "*2345", "reason": "not a valid number for its country"},

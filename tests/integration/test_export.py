@@ -36,7 +36,7 @@ def test_export_has_every_row_and_agrees_with_the_counters(make_campaign, graph,
 
     # Then every row is there once, with its results, and counted by status it is the counters
     assert list(exported[0]) == ["phone", "param1", "status", "wamid", "sent_at", "delivery_status", "delivery_at",
-                                 "error_code", "error_title", "error"]
+                                 "error_code", "error_title", "error", "pricing_category", "billable", "cost"]
     assert sorted(r["phone"] for r in exported) == sorted(f"+{phone(i)}" for i in range(1, 8))
     by_phone = {r["phone"]: r for r in exported}
     assert (by_phone[f"+{phone(1)}"]["status"], by_phone[f"+{phone(1)}"]["error_code"],

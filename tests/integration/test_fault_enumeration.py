@@ -38,7 +38,7 @@ from sendonce.local.lambda_runtime import LocalContext, load_handler
 from sendonce.local.pgproxy import WHENS
 from sendonce.models import Disposition, QueueMessage
 from sendonce.repository.sending import claim_rows
-from tests.faults import PHONE_NUMBER_ID, REPORT, World, drain, settle, violations
+from tests.faults import PHONE_NUMBER_ID, PRICING, REPORT, World, drain, settle, violations
 from tests.helpers import load_event, phone, post_statuses, settle_received, status_update, template_status
 
 pytestmark = pytest.mark.faults
@@ -202,7 +202,7 @@ def _webhook_act(w: World) -> bool:
     statuses = [
         status_update(w.graph.wamids[lost["phone_number"]][0], "sent", 100,
                       sign(key, str(lost["campaign_id"]), lost["id"]), to=lost["phone_number"]),
-        status_update(rows[0]["whatsapp_message_id"], "delivered", 101, to=rows[0]["phone_number"]),
+        status_update(rows[0]["whatsapp_message_id"], "delivered", 101, to=rows[0]["phone_number"], pricing=PRICING),
         status_update(rows[2]["whatsapp_message_id"], "failed", 102, code=131050, to=rows[2]["phone_number"]),
     ]
     w.statuses = statuses
@@ -218,6 +218,9 @@ def _webhook_recover(w: World, ok: bool) -> None:
     if not ok:
         assert post_statuses(w.statuses)["statusCode"] == 200
     w.allowed_blind = 0
+    # Meta's pricing report was applied once the POST went through: the delivered row is billable
+    delivered = w.statuses[1]["id"]
+    assert w.pg.execute("SELECT billable FROM send_queue WHERE whatsapp_message_id = %s", (delivered,)).fetchone() == (True,)
 
 
 def _setup_dlq(w: World) -> None:

@@ -10,7 +10,7 @@ from datetime import UTC, datetime, time, timedelta
 
 import psycopg
 
-from sendonce import db, messaging_limit, phones, sqs, templates
+from sendonce import cost, db, messaging_limit, phones, sqs, templates
 from sendonce.contacts import Contact, ContactList, InvalidRow, no_valid_contacts
 from sendonce.errors import (
     CampaignInputError,
@@ -149,6 +149,7 @@ class CreatedCampaign:
     invalid_count: int | None = None
     template_check: TemplateCheck | None = None
     messaging_limit: dict | None = None
+    cost: dict | None = None
 
     def as_json(self, max_rows: int | None = None) -> dict:
         """The contract's `campaign create --json` object.
@@ -171,6 +172,7 @@ class CreatedCampaign:
             **({"invalid_rows_truncated": len(listed) < total} if max_rows is not None else {}),
             **({"template_check": self.template_check.as_json()} if self.template_check else {}),
             **({"messaging_limit": self.messaging_limit} if self.messaging_limit else {}),
+            **({"cost": self.cost} if self.cost else {}),
         }
 
 
@@ -217,6 +219,7 @@ def create_campaign(
         conn, campaign.template_name, campaign.language_code, contacts.param_count, campaign.components,
         allow_unchecked_template,
     )
+    estimate = cost.estimate_contacts((c.phone for c in contacts.contacts), check.category)
     limit_note = messaging_limit.refresh_from_graph(conn, campaign.phone_number_id)
     before = messaging_limit.usage(conn, campaign.phone_number_id)
     # One spelling of the id everywhere (uuid.UUID also takes braces, "urn:uuid:" and bare hex; PostgreSQL not all).
@@ -256,7 +259,7 @@ def create_campaign(
         logger.info("campaign scheduled", campaign_id=campaign_id, start_at=campaign.start_at.isoformat())
         return CreatedCampaign(
             campaign_id, len(contacts.contacts), contacts.invalid, contacts.duplicates, 0, contacts.invalid_count,
-            check, {**before, "message": f"scheduled: starts at {campaign.start_at.isoformat()}"},
+            check, {**before, "message": f"scheduled: starts at {campaign.start_at.isoformat()}"}, estimate,
         )
     outside_window = repository.wait_for_window(conn, campaign_id)
     limit = messaging_limit.forecast(before, len(contacts.contacts) - outside_window,
@@ -269,7 +272,7 @@ def create_campaign(
     enqueued = _enqueue(campaign_id, queue_url, messages, on_progress)
     return CreatedCampaign(
         campaign_id, len(contacts.contacts), contacts.invalid, contacts.duplicates, enqueued, contacts.invalid_count,
-        check, limit,
+        check, limit, estimate,
     )
 
 

@@ -234,6 +234,8 @@ def _cmd_campaign_create(args: argparse.Namespace) -> int:
         print(f"  {created.template_check.message}")
     if created.messaging_limit:
         print(f"  {created.messaging_limit['message']}")
+    if created.cost:
+        print(f"  {_estimate_line(created.cost)}")
     _print_invalid(created.invalid)
     return 0
 
@@ -279,7 +281,7 @@ def _header_media(value: str | None) -> tuple[dict, ...]:
 def _dry_run(args: argparse.Namespace, contact_list, campaign) -> int:
     """Print what `campaign create` would do with these arguments and this file; nothing is written, and only the
     Graph API is read (the template, when WHATSAPP_BUSINESS_ACCOUNT_ID is set)."""
-    from sendonce import templates
+    from sendonce import cost, templates
     from sendonce.campaigns import CreatedCampaign
 
     campaign_id = _campaign_id(args.id) if args.id else None
@@ -289,7 +291,7 @@ def _dry_run(args: argparse.Namespace, contact_list, campaign) -> int:
     )
     preview = CreatedCampaign(
         campaign_id, len(contact_list.contacts), contact_list.invalid, contact_list.duplicates, enqueued=0,
-        template_check=check,
+        template_check=check, cost=cost.estimate_contacts((c.phone for c in contact_list.contacts), check.category),
     )
     if args.json:
         print(json.dumps({**preview.as_json(), "dry_run": True}))
@@ -301,6 +303,7 @@ def _dry_run(args: argparse.Namespace, contact_list, campaign) -> int:
     )
     _print_invalid(preview.invalid)
     print(check.message)
+    print(_estimate_line(preview.cost))
     needs = [name if name != AWS else "an AWS region and credentials" for name in ENVIRONMENT["campaign create"]]
     print(f"without --dry-run it needs {_joined(needs)}")
     return 0
@@ -354,7 +357,34 @@ def _meta_lines(counters: dict) -> list[str]:
         lines.append(f"{failure['stage']} failures: {failure['rows']:,} x {code}{failure['title']}")
     for answer in counters.get("not_now") or []:
         lines.append(f"{_count(answer['rows'], 'row')} {answer['status']} with {answer['code']}: {answer['title']}")
+    if counters.get("cost"):
+        lines.append(_cost_line(counters["cost"]))
     return lines
+
+
+def _estimate_line(cost: dict) -> str:
+    """The estimate in one line (`cost.estimate_contacts`, `cost.campaign_cost`)."""
+    if "error" in cost:
+        return f"cost: unknown ({cost['error']})"
+    estimate = cost["estimate"]
+    assumed = ", category unknown: priced as marketing" if estimate["category_assumed"] else ""
+    unpriced = f", {estimate['unpriced']:,} without a rate" if estimate["unpriced"] else ""
+    return (f"cost: estimate {cost['currency']} {estimate['amount']:,.2f} for "
+            f"{_count(estimate['messages'], 'message')} ({estimate['category']}{assumed}{unpriced}; "
+            f"Meta's rates of {cost['rates']['effective']})")
+
+
+def _cost_line(cost: dict) -> str:
+    """Estimate and actual cost in one line (`cost.campaign_cost`)."""
+    if "error" in cost:
+        return _estimate_line(cost)
+    actual, currency = cost["actual"], cost["currency"]
+    line = f"{_estimate_line(cost)}; actual {currency} {actual['amount']:,.2f} for {_count(actual['messages'], 'charged message')}"
+    extra = [f"{actual['free']:,} free" if actual["free"] else "",
+             f"{actual['unreported']:,} delivered without a pricing report yet" if actual["unreported"] else "",
+             f"{actual['unpriced']:,} without a rate" if actual["unpriced"] else ""]
+    extra = [e for e in extra if e]
+    return line + (f" ({', '.join(extra)})" if extra else "")
 
 
 def _cmd_campaign_status(args: argparse.Namespace) -> int:
@@ -431,7 +461,7 @@ def _cmd_campaign_watch(args: argparse.Namespace) -> int:
     redraw = sys.stdout.isatty() and not args.json
     last = None
     while True:
-        counters = control.status(conn, args.campaign_id)
+        counters = control.status(conn, args.campaign_id, with_cost=False)
         line = _watch_line(counters)
         if line != last and args.json:
             print(json.dumps(counters), flush=True)  # one object per change (JSON lines)

@@ -6,7 +6,7 @@ import uuid
 
 import psycopg
 
-from sendonce import campaigns, failures, messaging_limit
+from sendonce import campaigns, cost, failures, messaging_limit
 from sendonce.campaigns import canonical_campaign_id
 from sendonce.config import get_settings
 from sendonce.errors import (
@@ -24,8 +24,9 @@ COUNTER_KEYS = ("recipients", "pending", "sent", "delivered", "read", "failed", 
 MAX_LIST = 1000
 
 
-def status(conn: psycopg.Connection, campaign_id: str) -> dict:
-    """The campaign's numbers from the one definition (`campaign_counters`).
+def status(conn: psycopg.Connection, campaign_id: str, with_cost: bool = True) -> dict:
+    """The campaign's numbers from the one definition (`campaign_counters`), what Meta's limits do to it, its
+    failures by code and (`with_cost`: one more query over its rows) its estimated and actual cost.
 
     Raises
     ------
@@ -36,7 +37,7 @@ def status(conn: psycopg.Connection, campaign_id: str) -> dict:
     row = repository.counters(conn, campaign_id)
     if row is None:
         raise CampaignNotFoundError(f"no campaign {campaign_id}")
-    return {**as_json(row), **_meta_state(conn, campaign_id)}
+    return {**as_json(row), **_meta_state(conn, campaign_id, with_cost)}
 
 
 NOT_NOW_TITLES = {
@@ -46,7 +47,7 @@ NOT_NOW_TITLES = {
 }
 
 
-def _meta_state(conn: psycopg.Connection, campaign_id: str) -> dict:
+def _meta_state(conn: psycopg.Connection, campaign_id: str, with_cost: bool) -> dict:
     """What Meta's limits do to the campaign: its pause, template, the messaging limit, waiting rows, "not now"."""
     detail = repository.campaign_detail(conn, campaign_id, sorted(NOT_NOW_TITLES))
     if detail is None:  # deleted meanwhile
@@ -71,6 +72,7 @@ def _meta_state(conn: psycopg.Connection, campaign_id: str) -> dict:
         "waiting": waiting,
         "not_now": [{**n, "title": NOT_NOW_TITLES[n["code"]]} for n in detail["not_now"]],
         "failures": failures.breakdown(conn, campaign_id),
+        **({"cost": cost.campaign_cost(conn, campaign_id, detail["template_category"])} if with_cost else {}),
     }
 
 

@@ -33,6 +33,7 @@ class TemplateCheck:
 
     outcome: str
     message: str
+    category: str | None = None  # Meta's category of the template (MARKETING, UTILITY...), when it was checked
 
     def as_json(self) -> dict:
         return {"outcome": self.outcome, "message": self.message}
@@ -98,7 +99,7 @@ def preflight(
     if problem:
         raise TemplateError(f"template {name} ({language}) {problem}")
     takes = f"{param_count} body parameter{'' if param_count == 1 else 's'}"
-    return TemplateCheck("passed", f"template {name} ({language}) is APPROVED and takes {takes}")
+    return TemplateCheck("passed", f"template {name} ({language}) is APPROVED and takes {takes}", template.get("category"))
 
 
 def fetch(waba_id: str, name: str) -> list[dict]:

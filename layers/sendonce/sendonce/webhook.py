@@ -14,6 +14,7 @@ import base64
 import hashlib
 import hmac
 import json
+import re
 from datetime import UTC, datetime, timedelta
 
 import psycopg
@@ -26,6 +27,8 @@ from sendonce.repository import meta as meta_repository
 from sendonce.repository import statuses as repository
 
 KNOWN_STATUSES = frozenset({"sent", "delivered", "read", "failed"})
+# A pricing category or type: a short lowercase word (marketing, authentication_international, free_entry_point).
+_WORD = re.compile(r"[A-Za-z_-]{1,40}")
 # Meta retries an undelivered webhook for up to 7 days: a status older than that is no retry of Meta's but a
 # replay of a captured (validly signed) POST, or a clock gone wrong.
 STATUS_MAX_AGE = timedelta(days=7)
@@ -223,7 +226,20 @@ def _status(status: dict, key: str) -> dict:
         "recipient_id": recipient,
         "code": _integer(error.get("code"), 0, 2**31 - 1),
         "title": str(title)[:512] if title is not None else None,
+        **_pricing(status.get("pricing")),
     }
+
+
+def _pricing(pricing: object) -> dict:
+    """Meta's pricing report (per-message pricing): category, type, billable. `billable` is deprecated in newer
+    Graph versions: without it, a `regular` type is billable and a `free_*` one is not."""
+    pricing = pricing if isinstance(pricing, dict) else {}
+    category, kind, billable = pricing.get("category"), pricing.get("type"), pricing.get("billable")
+    category = category.lower() if isinstance(category, str) and _WORD.fullmatch(category) else None
+    kind = kind.lower() if isinstance(kind, str) and _WORD.fullmatch(kind) else None
+    if not isinstance(billable, bool):
+        billable = None if kind is None else kind == "regular"
+    return {"pricing_category": category, "pricing_type": kind, "billable": billable}
 
 
 def _integer(value: object, low: int, high: int) -> int | None:

@@ -519,10 +519,13 @@ class FakeGraph:
             if not self._within_limit(to, now):
                 self.over_limit[to] += 1
                 fate = "sent"  # accepted, never delivered: Meta reports it sent, then nothing
+            sent = payload.get("template") or {}
+            template = self.templates.get((sent.get("name"), (sent.get("language") or {}).get("code")), {})
         if self.webhook is not None:
             # Meta reports every message it accepted, whether or not the sender ever heard the answer.
             callback = payload.get("biz_opaque_callback_data")
-            self.webhook.emit(wamid, to, callback, phone_number_id, index, fate)
+            category = template.get("category", "MARKETING").lower()
+            self.webhook.emit(wamid, to, callback, phone_number_id, index, fate, category)
         return wamid
 
     def _within_limit(self, to: str, now: float) -> bool:
@@ -1090,6 +1093,7 @@ class StatusWebhook:
         phone_number_id: str,
         index: int,
         fate: str | None = None,
+        category: str = "marketing",
     ) -> None:
         """Plan the statuses Meta will report for a message the fake accepted.
 
@@ -1106,6 +1110,8 @@ class StatusWebhook:
             every choice made for this message.
         fate
             A planned fate (see `FakeGraph.plan_statuses`), else one is drawn from `fates`.
+        category
+            The template's category, lowercase: the pricing category its statuses report.
         """
         rng = random.Random(f"{self.seed}|{to}|{index}")
         fate = fate or rng.choices(list(self.fates), weights=list(self.fates.values()))[0]
@@ -1116,7 +1122,7 @@ class StatusWebhook:
             due += rng.uniform(*_STEP)
             at += rng.randint(1, 30) if position else 0  # seconds on Meta's clock: distinct, increasing
             notification = _Notification(
-                self._status(wamid, name, at, to, callback, fate, conversation),
+                self._status(wamid, name, at, to, callback, fate, conversation, category),
                 wamid,
                 position,
                 phone_number_id,
@@ -1160,9 +1166,13 @@ class StatusWebhook:
             self._cond.notify_all()
 
     def _status(
-        self, wamid: str, name: str, at: int, to: str, callback: str | None, fate: str, conversation: str
+        self, wamid: str, name: str, at: int, to: str, callback: str | None, fate: str, conversation: str,
+        category: str = "marketing",
     ) -> dict:
-        """One status object in Meta's format (string timestamps; the callback data echoed if it was sent)."""
+        """One status object in Meta's format (string timestamps; the callback data echoed if it was sent).
+
+        Per-message pricing (since 2025-07-01): sent, delivered and read carry `pricing` (a template message is
+        billable, charged once delivered); failed does not."""
         status: dict = {"id": wamid, "status": name, "timestamp": str(at), "recipient_id": to}
         if callback is not None:
             status["biz_opaque_callback_data"] = callback
@@ -1170,14 +1180,10 @@ class StatusWebhook:
             status["conversation"] = {
                 "id": conversation,
                 "expiration_timestamp": str(at + 86400),
-                "origin": {"type": "marketing"},
+                "origin": {"type": category},
             }
-            status["pricing"] = {
-                "billable": True,
-                "pricing_model": "PMP",
-                "category": "marketing",
-                "type": "regular",
-            }
+        if name != "failed":
+            status["pricing"] = {"billable": True, "pricing_model": "PMP", "category": category, "type": "regular"}
         if name == "failed":
             code = int(fate.partition(":")[2])
             title, details = _ERRORS.get(code, (f"Error {code}", f"Error {code}."))

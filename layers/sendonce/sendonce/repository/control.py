@@ -18,7 +18,7 @@ SELECT_COUNTERS = f"SELECT {COUNTER_COLUMNS} FROM campaign_counters WHERE campai
 # that wait (by reason), and the rows Meta answered "not now" (by code, from the send or the status webhook).
 SELECT_CAMPAIGN_DETAIL = """
 SELECT c.phone_number_id, c.template_name, c.language_code, c.paused_by, c.paused_until, c.auto_resume,
-       c.start_at, t.status AS template_status, t.reason AS template_reason,
+       c.start_at, t.status AS template_status, t.reason AS template_reason, t.category AS template_category,
        (SELECT coalesce(json_agg(w ORDER BY w.reason), '[]')
         FROM (SELECT q.wait_reason AS reason, count(*) AS rows, min(q.wait_until) AS first, max(q.wait_until) AS last
               FROM send_queue q

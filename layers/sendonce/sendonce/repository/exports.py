@@ -14,7 +14,8 @@ COUNT_PARAMS = "SELECT coalesce(max(cardinality(params)), 0) FROM send_queue WHE
 
 EXPORT_ROWS = """
 SELECT q.phone_number, q.params, q.status, q.whatsapp_message_id, q.actual_sent_at, q.delivery_status,
-       q.delivery_updated_at, coalesce(q.delivery_error_code, q.last_error_code), q.last_error
+       q.delivery_updated_at, coalesce(q.delivery_error_code, q.last_error_code), q.last_error, q.pricing_category,
+       q.billable
 FROM send_queue q
 WHERE q.campaign_id = %(campaign_id)s
 ORDER BY q.id

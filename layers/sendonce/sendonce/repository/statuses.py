@@ -12,9 +12,11 @@ SELECT_CALLBACK_KEY = "SELECT callback_key FROM deployment"
 # 1. Keep every status, once (Meta retries and duplicates deliveries), known WAMID or not.
 INSERT_STATUSES = """
 INSERT INTO message_statuses
-    (whatsapp_message_id, status, occurred_at, queue_id, recipient_id, error_code, error_title)
+    (whatsapp_message_id, status, occurred_at, queue_id, recipient_id, error_code, error_title, pricing_category,
+     pricing_type, billable)
 SELECT * FROM unnest(%(wamids)s::text[], %(statuses)s::text[], %(occurred)s::timestamptz[], %(queue_ids)s::bigint[],
-                     %(recipients)s::text[], %(codes)s::integer[], %(titles)s::text[])
+                     %(recipients)s::text[], %(codes)s::integer[], %(titles)s::text[], %(categories)s::text[],
+                     %(types)s::text[], %(billables)s::boolean[])
 ON CONFLICT ON CONSTRAINT message_statuses_once DO NOTHING
 """
 
@@ -59,7 +61,23 @@ WHERE q.whatsapp_message_id = s.wamid
   AND s.rank > CASE q.delivery_status WHEN 'delivered' THEN 1 WHEN 'failed' THEN 2 WHEN 'read' THEN 3 ELSE 0 END
 """
 
-# 4. 131050: the user stopped marketing messages. Suppress the number; its pending rows are cancelled.
+# 4. Meta's pricing report (docs/cost.md): each row keeps the latest one of this POST (the cost counts the rows
+# billable and delivered). Only when the POST has one.
+APPLY_PRICING = """
+UPDATE send_queue q
+SET pricing_category = s.category, billable = s.billable
+FROM (
+    SELECT DISTINCT ON (wamid) wamid, category, billable
+    FROM unnest(%(wamids)s::text[], %(occurred)s::timestamptz[], %(categories)s::text[], %(billables)s::boolean[])
+        AS u (wamid, occurred_at, category, billable)
+    WHERE billable IS NOT NULL
+    ORDER BY wamid, occurred_at DESC
+) s
+WHERE q.whatsapp_message_id = s.wamid
+  AND (q.pricing_category IS DISTINCT FROM s.category OR q.billable IS DISTINCT FROM s.billable)
+"""
+
+# 5. 131050: the user stopped marketing messages. Suppress the number; its pending rows are cancelled.
 SUPPRESS_NUMBERS = """
 WITH added AS (
     INSERT INTO suppressions (phone_number, reason)
@@ -79,10 +97,10 @@ def callback_key(conn: psycopg.Connection) -> str:
 
 
 def apply_statuses(conn: psycopg.Connection, statuses: list[dict]) -> int:
-    """Store a webhook POST's statuses and apply them, in one transaction of at most four statements.
+    """Store a webhook POST's statuses and apply them, in one transaction of at most five statements.
 
     Each status is a dict with wamid, status, occurred_at, queue_id and campaign_id (both None unless its
-    callback data was verified), recipient_id, code, title. Returns the number of rows reconciled.
+    callback data was verified), recipient_id, code, title, pricing_category, pricing_type and billable. Returns the number of rows reconciled.
     """
     # In one order (WAMID, status) in every POST: two POSTs holding the same statuses (Meta's duplicates, sent
     # concurrently) then wait for each other on the unique index instead of deadlocking.
@@ -96,12 +114,17 @@ def apply_statuses(conn: psycopg.Connection, statuses: list[dict]) -> int:
         "recipients": [s["recipient_id"] for s in statuses],
         "codes": [s["code"] for s in statuses],
         "titles": [s["title"] for s in statuses],
+        "categories": [s["pricing_category"] for s in statuses],
+        "types": [s["pricing_type"] for s in statuses],
+        "billables": [s["billable"] for s in statuses],
     }
     opted_out = sorted({s["recipient_id"] for s in statuses if s["code"] == 131050 and s["recipient_id"]})
     with transaction(conn, "storing statuses failed"):
         rows(conn, INSERT_STATUSES, columns, "storing statuses failed")
         reconciled = len(rows(conn, RECONCILE_ROWS, columns, "reconciling statuses failed"))
         rows(conn, APPLY_DELIVERY, columns, "applying statuses failed")
+        if any(s["billable"] is not None for s in statuses):
+            rows(conn, APPLY_PRICING, columns, "applying pricing failed")
         if opted_out:
             rows(conn, SUPPRESS_NUMBERS, {"phones": opted_out}, "suppressing numbers failed")
     return reconciled
