@@ -237,6 +237,11 @@ def contacts_bucket(moto_server, monkeypatch) -> str:
     s3 = boto3.client("s3", region_name=services.REGION)
     if name not in {b["Name"] for b in s3.list_buckets()["Buckets"]}:
         s3.create_bucket(Bucket=name)
+    # Empty, whatever an earlier test left there (moto lives for the session)
+    for item in s3.list_objects_v2(Bucket=name).get("Contents", []):
+        s3.delete_object(Bucket=name, Key=item["Key"])
+    for upload in s3.list_multipart_uploads(Bucket=name).get("Uploads", []):
+        s3.abort_multipart_upload(Bucket=name, Key=upload["Key"], UploadId=upload["UploadId"])
     monkeypatch.setenv("CONTACTS_BUCKET", name)
     return name
 

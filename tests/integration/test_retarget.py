@@ -7,7 +7,9 @@ import json
 import pytest
 
 from sendonce.cli import main
-from tests.helpers import phone, post_statuses, queue_rows, status_update
+from sendonce.local.lambda_runtime import LocalContext, load_handler
+
+from tests.helpers import load_event, phone, post_statuses, queue_rows, status_update
 
 NUMBER = "106540352242922"
 
@@ -67,9 +69,35 @@ def test_retargeting_refuses_what_makes_no_sense(results, pg_conn, capsys, conta
     assert main(_create("--contacts", str(csv), "--audience", "read")) == 2
     assert "--audience goes with --from-campaign" in capsys.readouterr().err
     assert main(_create("--from-campaign", "4d46271f-f3b4-4f5b-a2c7-6dbad447a845", "--audience", "read")) == 2
-    assert "no campaign 4d46271f-f3b4-4f5b-a2c7-6dbad447a845 (--from-campaign)" in capsys.readouterr().err
+    assert "no campaign 4d46271f-f3b4-4f5b-a2c7-6dbad447a845 (the audience's campaign)" in capsys.readouterr().err
     # An empty audience is refused, nothing created
     pg_conn.execute("UPDATE send_queue SET delivery_status = 'read' WHERE campaign_id = %s", (results,))
     assert main(_create("--from-campaign", results, "--audience", "not-read")) == 2
     assert "has no not-read rows: nothing to send" in capsys.readouterr().err
     assert pg_conn.execute("SELECT count(*) FROM campaigns").fetchone()[0] == 1
+
+
+def _api_create(body: dict) -> tuple[int, dict]:
+    event = load_event("campaigns_api_create.json")
+    event["body"] = json.dumps({"name": "again", "template": "order_update", "language": "en_US",
+                                "phone_number_id": NUMBER, **body})
+    response = load_handler("campaigns_api")(event, LocalContext("campaigns_api"))
+    return response["statusCode"], json.loads(response["body"])
+
+
+def test_api_retargets_the_same_audience_as_the_cli(results, pg_conn, aws):
+    # The not-read audience through POST /campaigns: sent but not read, with their parameters
+    code, created = _api_create({"from_campaign": results, "audience": "not-read"})
+    assert (code, created["recipients"], created["enqueued"]) == (201, 3, 3)
+    rows = queue_rows(pg_conn, created["campaign_id"])
+    assert {n: r["params"] for n, r in rows.items()} == {phone(i): [f"name {phone(i)[-4:]}"] for i in (3, 4, 5)}
+
+    # Refused with 400, nothing created: an unknown audience or campaign, or two sources of contacts
+    before = pg_conn.execute("SELECT count(*) FROM campaigns").fetchone()[0]
+    assert _api_create({"from_campaign": results, "audience": "everyone"})[0] == 400
+    code, answer = _api_create({"from_campaign": "4d46271f-f3b4-4f5b-a2c7-6dbad447a845", "audience": "read"})
+    assert (code, answer["error"]["message"]) == (
+        400, "no campaign 4d46271f-f3b4-4f5b-a2c7-6dbad447a845 (the audience's campaign)")
+    code, answer = _api_create({"from_campaign": results, "audience": "read", "contacts": [phone(9)]})
+    assert code == 400 and "exactly one of contacts" in answer["error"]["message"]
+    assert pg_conn.execute("SELECT count(*) FROM campaigns").fetchone()[0] == before

@@ -9,7 +9,9 @@ from zoneinfo import ZoneInfo
 
 from sendonce import control
 from sendonce.cli import main
-from tests.helpers import invoke_reset_stuck, phone, queue_rows
+from sendonce.local.lambda_runtime import LocalContext, load_handler
+
+from tests.helpers import invoke_reset_stuck, load_event, phone, queue_rows
 
 LOS_ANGELES = [f"1415555{i:04d}" for i in range(2671, 2674)]  # one zone: America/Los_Angeles
 
@@ -61,3 +63,31 @@ def test_bad_send_window_or_zone_is_refused(graph, pg_conn, aws, contacts_csv, c
     assert main([*base, "--send-window", "09:00-20:00", "--time-zone", "Mars/Olympus"]) == 2
     assert "--time-zone must be an IANA time zone" in capsys.readouterr().err
     assert pg_conn.execute("SELECT count(*) FROM campaigns").fetchone()[0] == 0
+
+
+def test_api_takes_the_send_window_and_zone(graph, pg_conn, aws):
+    # Given a window closed right now in Los Angeles: it opens there in an hour
+    la_now = datetime.now(UTC).astimezone(ZoneInfo("America/Los_Angeles"))
+    opens, closes = (la_now + timedelta(hours=1)).time(), (la_now + timedelta(hours=2)).time()
+    window = f"{opens.strftime('%H:%M')}-{closes.strftime('%H:%M')}"
+    event = load_event("campaigns_api_create.json")
+    event["body"] = json.dumps({"name": "quiet", "template": "order_update", "language": "en_US",
+                                "phone_number_id": "106540352242922", "contacts": LOS_ANGELES,
+                                "send_window": window, "time_zone": "Asia/Kolkata"})
+
+    # When it is created through POST /campaigns
+    response = load_handler("campaigns_api")(event, LocalContext("campaigns_api"))
+
+    # Then nothing is enqueued: every row waits for its window, in its number's zone
+    created = json.loads(response["body"])
+    assert (response["statusCode"], created["enqueued"]) == (201, 0)
+    rows = queue_rows(pg_conn, created["campaign_id"])
+    assert {r["time_zone"] for r in rows.values()} == {"America/Los_Angeles"}
+    assert [(w["reason"], w["rows"]) for w in control.status(pg_conn, created["campaign_id"])["waiting"]] == [
+        ("send window", 3)]
+
+    # And a bad window or zone is 400
+    for bad in ({"send_window": "9-20"}, {"send_window": window, "time_zone": "Mars/Olympus"}):
+        event["body"] = json.dumps({**json.loads(event["body"]), **bad})
+        response = load_handler("campaigns_api")(event, LocalContext("campaigns_api"))
+        assert response["statusCode"] == 400, bad

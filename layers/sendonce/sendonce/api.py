@@ -1,11 +1,14 @@
 """The campaigns HTTP API (API Gateway HTTP API, payload v2): the same operations as the CLI.
 
-Routes: POST /campaigns, GET /campaigns, GET /campaigns/{id}, POST /campaigns/{id}/pause|resume|cancel|retry-failed.
+Routes: POST /campaigns, GET /campaigns, GET /campaigns/{id}, GET /campaigns/{id}/failures,
+POST /campaigns/{id}/pause|resume|cancel|retry-failed|export.
 Errors are JSON `{"error": {"code", "message"}}` with the right 4xx; unknown ids are 404.
 
-A contact list inline in the body is created at once (201). A list in S3 (`contacts_s3`) may hold a million
-rows, longer than API Gateway waits (30 s): its header is checked, then the creation runs in an asynchronous
-invocation of this same function, and the answer is 202 with the campaign id to poll.
+A contact list inline in the body (or another campaign's audience: `from_campaign` and `audience`) is created at
+once (201). A list in S3 (`contacts_s3`) may hold a million rows, longer than API Gateway waits (30 s): its
+header is checked, then the creation runs in an asynchronous invocation of this same function, and the answer is
+202 with the campaign id to poll. An export runs the same way: 202 with the key the CSV will have in the
+contacts bucket.
 
 Creating is idempotent by a client key: the `Idempotency-Key` header (a UUID) or the body's `id` is the
 campaign id. A create repeated with the same key (a retry after a lost answer) creates and enqueues nothing: it
@@ -27,7 +30,7 @@ import binascii
 import json
 import os
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 from functools import lru_cache
 from http import HTTPStatus
 
@@ -35,13 +38,14 @@ import boto3
 from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response, content_types
 from aws_lambda_powertools.event_handler.exceptions import NotFoundError
 
-from sendonce import campaigns, contacts, control, failures, s3, templates
+from sendonce import campaigns, contacts, control, export, failures, s3, templates
 from sendonce.config import require, send_queue_url
 from sendonce.db import get_conn
 from sendonce.errors import (
     CampaignInputError,
     CampaignNotFoundError,
     CampaignStateError,
+    ConfigError,
     ContactsError,
     DatabaseError,
     EnqueueError,
@@ -60,6 +64,9 @@ MAX_JSON_DEPTH = 20
 MAX_MESSAGE_CHARS = 1000
 IDEMPOTENCY_HEADER = "idempotency-key"
 JOB_KEY = "sendonce_job"
+CREATE_JOB, EXPORT_JOB = "create_campaign", "export_campaign"
+# Exports are written to the contacts bucket under this prefix, one folder per campaign.
+EXPORTS_PREFIX = "exports/"
 
 
 class BoundedResolver(APIGatewayHttpResolver):
@@ -269,9 +276,20 @@ def _new_campaign(body: dict, campaign_id: str | None) -> campaigns.NewCampaign:
         id=campaign_id or str(uuid.uuid4()),
         auto_resume=_flag(body, "auto_resume"),
         start_at=_start_at(body.get("start_at")),
+        **_send_window(body),
     )
     new.validate()
     return new
+
+
+def _send_window(body: dict) -> dict:
+    """send_window ("09:00-20:00", each recipient's local time) and time_zone (for numbers spanning several)."""
+    window, zone = body.get("send_window"), body.get("time_zone", "UTC")
+    if window is not None and not (isinstance(window, str) and len(window) <= 40):
+        raise RequestError("send_window must be HH:MM-HH:MM, e.g. 09:00-20:00")
+    if not (isinstance(zone, str) and len(zone) <= 64):
+        raise RequestError("time_zone must be an IANA time zone such as Asia/Kolkata")
+    return {"send_window": campaigns.parse_send_window(window, "send_window"), "time_zone": zone}
 
 
 def _start_at(value: object) -> datetime | None:
@@ -310,8 +328,9 @@ def create_campaign() -> Response:
         raise RequestError("default_country must be a two-letter ISO country code")
     # Checked now: for contacts_s3 the file is read later, by the asynchronous job, which nobody watches.
     region = contacts.check_region(region, "default_country")
-    if ("contacts" in body) == ("contacts_s3" in body):
-        raise RequestError("give exactly one of contacts (inline list) or contacts_s3 ({bucket, key})")
+    if sum(source in body for source in ("contacts", "contacts_s3", "from_campaign")) != 1:
+        raise RequestError("give exactly one of contacts (inline list), contacts_s3 ({bucket, key}) or "
+                           "from_campaign (with audience)")
     if "contacts_s3" in body:
         location = _s3_location(body["contacts_s3"])
         if key is not None and (replayed := campaigns.replay_create(get_conn(), new, None)) is not None:
@@ -324,12 +343,20 @@ def create_campaign() -> Response:
         # The template is checked now too, so that a refusal is this request's answer, not a failed job's.
         templates.preflight(get_conn(), new.template_name, new.language_code, param_count, new.components,
                             _flag(body, "allow_unchecked_template"))
-        _start_job({"campaign": _job_campaign(new), "contacts_s3": location, "default_country": region,
-                    "allow_unchecked_template": _flag(body, "allow_unchecked_template")})
+        _start_job(CREATE_JOB, {"campaign": _job_campaign(new), "contacts_s3": location, "default_country": region,
+                                "allow_unchecked_template": _flag(body, "allow_unchecked_template")})
+        logger.info("campaign creation started", campaign_id=new.id)
         return _json(HTTPStatus.ACCEPTED, {"campaign_id": new.id, "status": "creating", "location": f"/campaigns/{new.id}"})
-    contact_list = contacts.from_records(
-        body["contacts"], default_region=region, max_invalid=contacts.LISTED_INVALID_ROWS
-    )
+    if "from_campaign" in body:
+        # Retargeting: another campaign's audience, with the parameters each contact was sent.
+        try:
+            contact_list = campaigns.audience(get_conn(), body["from_campaign"], str(body.get("audience"))[:40])
+        except CampaignNotFoundError as exc:
+            raise RequestError(str(exc)) from None
+    else:
+        contact_list = contacts.from_records(
+            body["contacts"], default_region=region, max_invalid=contacts.LISTED_INVALID_ROWS
+        )
     if key is not None and (replayed := campaigns.replay_create(get_conn(), new, contact_list)) is not None:
         return _replayed(replayed)
     try:
@@ -347,13 +374,13 @@ def _source(location: dict) -> str:
     return f"s3://{location['bucket']}/{location['key']}"
 
 
-def _s3_location(value: object) -> dict:
+def _s3_location(value: object, name: str = "contacts_s3") -> dict:
     """{"bucket", "key"} if the bucket is the stack's CONTACTS_BUCKET and the key can name an object."""
     if not isinstance(value, dict) or not isinstance(value.get("bucket"), str) or not isinstance(value.get("key"), str):
-        raise RequestError("contacts_s3 must be {\"bucket\": ..., \"key\": ...}")
+        raise RequestError(f"{name} must be {{\"bucket\": ..., \"key\": ...}}")
     allowed = os.environ.get("CONTACTS_BUCKET")
     if not allowed or value["bucket"] != allowed:
-        raise RequestError(f"contacts_s3.bucket must be the stack's contacts bucket ({allowed or 'not configured'})")
+        raise RequestError(f"{name}.bucket must be the stack's contacts bucket ({allowed or 'not configured'})")
     return {"bucket": value["bucket"], "key": s3.check_key(value["key"])}
 
 
@@ -367,6 +394,8 @@ def _job_campaign(new: campaigns.NewCampaign) -> dict:
         "components": list(new.components),
         "auto_resume": new.auto_resume,
         "start_at": new.start_at.isoformat() if new.start_at else None,
+        "send_window": "-".join(t.isoformat() for t in new.send_window) if new.send_window else None,
+        "time_zone": new.time_zone,
     }
 
 
@@ -376,17 +405,23 @@ def get_lambda_client():
     return boto3.client("lambda")
 
 
-def _start_job(job: dict) -> None:
+def _start_job(kind: str, job: dict) -> None:
     """Invoke this function asynchronously with the job (Lambda retries it twice on failure)."""
     get_lambda_client().invoke(
         FunctionName=require(os.environ.get("AWS_LAMBDA_FUNCTION_NAME"), "AWS_LAMBDA_FUNCTION_NAME"),
         InvocationType="Event",
-        Payload=json.dumps({JOB_KEY: "create_campaign", **job}).encode(),
+        Payload=json.dumps({JOB_KEY: kind, **job}).encode(),
     )
-    logger.info("campaign creation started", campaign_id=job["campaign"]["id"])
 
 
 def run_job(event: dict) -> dict:
+    """Run an asynchronous job this function started: an export, or a creation from S3."""
+    if event.get(JOB_KEY) == EXPORT_JOB:
+        return run_export(event)
+    return run_create(event)
+
+
+def run_create(event: dict) -> dict:
     """Run an asynchronous creation started by POST /campaigns with contacts_s3.
 
     The payload is checked again as the API checks a request (anyone allowed to invoke the function can send
@@ -440,6 +475,7 @@ def _job_input(event: dict) -> tuple[campaigns.NewCampaign, dict, str | None]:
         id=canonical_id(job_campaign.get("id"), "job campaign id"),
         auto_resume=job_campaign.get("auto_resume") is True,
         start_at=_start_at(job_campaign.get("start_at")),
+        **_send_window(job_campaign),
     )
     new.validate()
     region = event.get("default_country")
@@ -474,6 +510,41 @@ def _query_int(query: dict, name: str, default: int) -> int:
     if not (isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 19):
         raise RequestError(f"{name} must be a whole number, got {str(value)[:40]!r}")
     return int(value)
+
+
+@app.post("/campaigns/<campaign_id>/export")
+def start_export(campaign_id: str) -> Response:
+    """Start writing the campaign's per-contact CSV (`campaign export`) to the contacts bucket: 202 with its key.
+    The object appears when the export is complete (a multipart upload completes whole), never partly written."""
+    campaign_id = export.existing_campaign(get_conn(), campaign_id)
+    bucket = os.environ.get("CONTACTS_BUCKET", "")
+    if not bucket:
+        raise ConfigError("CONTACTS_BUCKET is not set: exports go to the stack's contacts bucket")
+    key = f"{EXPORTS_PREFIX}{campaign_id}/{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}.csv"
+    _start_job(EXPORT_JOB, {"campaign_id": campaign_id, "export_s3": {"bucket": bucket, "key": key}})
+    logger.info("campaign export started", campaign_id=campaign_id)
+    return _json(HTTPStatus.ACCEPTED, {"campaign_id": campaign_id, "status": "exporting",
+                                       "export_s3": {"bucket": bucket, "key": key}})
+
+
+def run_export(event: dict) -> dict:
+    """Write a campaign's export to the key POST /campaigns/{id}/export chose; checked again as a request is (the
+    bucket must be CONTACTS_BUCKET, the key under the campaign's exports folder). A failure is logged and
+    raised: Lambda retries the job, which writes the whole file again."""
+    campaign_id = None
+    try:
+        campaign_id = canonical_id(event.get("campaign_id"), "job campaign id")
+        location = _s3_location(event.get("export_s3"), "export_s3")
+        if not location["key"].startswith(f"{EXPORTS_PREFIX}{campaign_id}/"):
+            raise RequestError(f"job: the export's key must be under {EXPORTS_PREFIX}{campaign_id}/")
+        with s3.text_writer(**location) as out:
+            written = export.export_csv(get_conn(), campaign_id, out)
+        logger.info("campaign exported", campaign_id=campaign_id, rows=written, key=location["key"])
+        return {"campaign_id": campaign_id, "rows": written, "export_s3": location}
+    except Exception as exc:
+        logger.error("campaign export job failed", campaign_id=campaign_id, error_type=type(exc).__name__,
+                     error=str(exc)[:MAX_MESSAGE_CHARS])
+        raise
 
 
 @app.post("/campaigns/<campaign_id>/pause")

@@ -95,6 +95,18 @@ def check_start_at(start_at: datetime, name: str = "--start-at") -> None:
         raise CampaignInputError(f"{name} must be within a year, got {start_at.isoformat()}")
 
 
+def parse_send_window(value: str | None, name: str = "--send-window") -> tuple[time, time] | None:
+    """A send window written HH:MM-HH:MM (seconds allowed) as (opens, closes); None for none."""
+    if not value:
+        return None
+    opens, _, closes = value.partition("-")
+    try:
+        return time.fromisoformat(opens.strip()), time.fromisoformat(closes.strip())
+    except ValueError:
+        raise CampaignInputError(f"{name} must be HH:MM-HH:MM (local time of each recipient), "
+                                 f"got {value[:40]!r}") from None
+
+
 def check_time_zone(name: str, flag: str = "--time-zone") -> None:
     """Raise `CampaignInputError` unless `name` is an IANA time zone (Asia/Kolkata, America/New_York, UTC)."""
     from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -288,10 +300,10 @@ def audience(conn: psycopg.Connection, source_id: str, name: str) -> ContactList
         No campaign has that id.
     """
     if name not in repository.AUDIENCES:
-        raise CampaignInputError(f"--audience must be one of {', '.join(repository.AUDIENCES)}, got {name!r}")
+        raise CampaignInputError(f"audience must be one of {', '.join(repository.AUDIENCES)}, got {name!r}")
     source_id = canonical_campaign_id(source_id)
     if repository.campaign_status(conn, source_id) is None:
-        raise CampaignNotFoundError(f"no campaign {source_id} (--from-campaign)")
+        raise CampaignNotFoundError(f"no campaign {source_id} (the audience's campaign)")
     return ContactList(contacts=[Contact(phone, tuple(params or ())) for phone, params in
                                  repository.audience_rows(conn, source_id, name)])
 

@@ -193,7 +193,7 @@ def _cmd_campaign_create(args: argparse.Namespace) -> int:
     campaign = campaigns.NewCampaign(
         name=args.name, template_name=args.template, language_code=args.language, phone_number_id=args.phone_number_id,
         components=_header_media(args.header_media), auto_resume=args.auto_resume,
-        start_at=_start_at(args.start_at), send_window=_send_window(args.send_window), time_zone=args.time_zone,
+        start_at=_start_at(args.start_at), send_window=campaigns.parse_send_window(args.send_window), time_zone=args.time_zone,
         **({"id": args.id} if args.id else {}),
     )
     campaign.validate()
@@ -250,20 +250,6 @@ def _start_at(value: str | None):
         return datetime.fromisoformat(value.strip())
     except ValueError:
         raise CampaignInputError(f"--start-at must be an ISO time with a zone, e.g. 2026-12-01T09:00:00+05:30, "
-                                 f"got {value[:40]!r}") from None
-
-
-def _send_window(value: str | None):
-    """--send-window 09:00-20:00 (seconds allowed) as (opens, closes) times."""
-    if not value:
-        return None
-    from datetime import time
-
-    opens, _, closes = value.partition("-")
-    try:
-        return time.fromisoformat(opens.strip()), time.fromisoformat(closes.strip())
-    except ValueError:
-        raise CampaignInputError(f"--send-window must be HH:MM-HH:MM (local time of each recipient), "
                                  f"got {value[:40]!r}") from None
 
 

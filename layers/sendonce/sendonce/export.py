@@ -32,10 +32,8 @@ def export_csv(conn: psycopg.Connection, campaign_id: str, out: TextIO,
     ConfigError
         The rates file (the `cost` column: Meta's rate for a row reported billable and delivered) cannot be used.
     """
-    campaign_id = canonical_campaign_id(campaign_id)
+    campaign_id = existing_campaign(conn, campaign_id)
     rates = cost.load_rates()
-    if campaigns_sql.campaign_status(conn, campaign_id) is None:
-        raise CampaignNotFoundError(f"no campaign {campaign_id}")
     params = repository.param_count(conn, campaign_id)
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(("phone", *(f"param{i}" for i in range(1, params + 1)), *COLUMNS[1:]))
@@ -55,3 +53,11 @@ def export_csv(conn: psycopg.Connection, campaign_id: str, out: TextIO,
         if on_progress and written % 10_000 == 0:
             on_progress(10_000)
     return written
+
+
+def existing_campaign(conn: psycopg.Connection, campaign_id: str) -> str:
+    """The canonical id of an existing campaign; `CampaignNotFoundError` if there is none."""
+    campaign_id = canonical_campaign_id(campaign_id)
+    if campaigns_sql.campaign_status(conn, campaign_id) is None:
+        raise CampaignNotFoundError(f"no campaign {campaign_id}")
+    return campaign_id

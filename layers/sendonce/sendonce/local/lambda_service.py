@@ -31,6 +31,11 @@ class LocalLambdaService:
         host, port = self._server.server_address[:2]
         return f"http://{host}:{port}"
 
+    @property
+    def invocations(self) -> int:
+        """How many asynchronous invocations were started."""
+        return len(self._threads)
+
     def register(self, name: str, handler: Callable[[dict, object], dict]) -> None:
         self.functions[name] = handler
 
