@@ -144,5 +144,39 @@ def test_bench_json_counts_round_trips_and_requests(capsys, monkeypatch, databas
     assert result["pg_round_trips_per_message"] == 0.2
     assert result["ddb_requests_per_message"] == 2.1
     assert result["graph_requests_per_message"] == 1.0
-    for key in ("messages_per_second", "lambda_ms_per_message", "baseline_messages_per_second", "speedup_vs_seed_baseline"):
+    assert result["idempotency_store"] == "dynamodb (moto)" and result["batch_size"] == 10
+    for key in ("messages_per_second", "lambda_ms_per_message", "cpu_ms_per_message", "claim_ms_per_batch",
+                "finalize_ms_per_batch", "baseline_messages_per_second", "speedup_vs_seed_baseline"):
         assert result[key] > 0
+
+
+def test_bench_with_the_memory_store_and_batches_of_20_counts_what_is_left(capsys, monkeypatch, database_url):
+    # Given the in-memory idempotency store (no DynamoDB request but the journal's) and batches of 20
+    import json
+
+    monkeypatch.setenv("DATABASE_URL", database_url)
+    assert main(["bench", "--messages", "40", "--baseline-messages", "5", "--latency-ms", "20", "--batch-size", "20",
+                 "--idempotency-store", "memory", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+
+    # Then two statements per batch of 20, one journal put per batch, and every row sent once
+    assert result["idempotency_store"].startswith("memory") and result["batch_size"] == 20
+    assert (result["sent"], result["duplicates"]) == (40, 0)
+    assert result["pg_round_trips_per_message"] == 0.1
+    assert result["ddb_requests_per_message"] == 0.05
+    assert result["cpu_ms_per_message"] > 0
+
+
+def test_ceiling_run_feeds_a_small_limit_without_throttles_or_duplicates(capsys, monkeypatch, database_url):
+    # Given a limit this machine feeds easily, against the fake Graph's cap at that limit
+    import json
+
+    monkeypatch.setenv("DATABASE_URL", database_url)
+    assert main(["bench", "--ceiling", "--mps", "20", "--seconds", "3", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+
+    # Then every row went out once, none throttled, at the limit; the extrapolation to 1,000/s says how
+    assert (result["configured_mps"], result["throttled"], result["duplicates"]) == (20, 0, 0)
+    assert result["runs"][0]["sent"] == result["runs"][0]["rows"] == 60
+    assert 0 < result["achieved_mps"] <= 20 * 1.2
+    assert result["extrapolation"]["lambda_concurrency"] > 0 and "CPU" in result["extrapolation"]["method"]

@@ -71,6 +71,7 @@ OPTIONAL_ENVIRONMENT = {
                         "MESSAGING_WINDOW_SECONDS"),
 }
 MAX_LOCAL_CONTACTS = 200_000
+MAX_BENCH_BATCH, MAX_BENCH_CONCURRENCY = 1000, 64
 LOCAL_HINT = "for a local stack, `sendonce local up` prints the variables to export"
 # The HTTP API's error codes (api.py), reused by --json errors so that scripts handle both alike.
 ERROR_CODES = ((CampaignNotFoundError, "not_found"), (CampaignStateError, "conflict"), (INPUT_ERRORS, "bad_request"))
@@ -613,23 +614,89 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
     from sendonce.local.bench import run_bench
 
+    if args.ceiling:
+        return _bench_ceiling(args)
     if args.messages < 10 or args.baseline_messages < 1:
         raise CampaignInputError("--messages must be at least 10 and --baseline-messages at least 1")
-    result = run_bench(args.messages, args.latency_ms / 1000, args.baseline_messages, args.concurrency)
+    if not 1 <= args.batch_size <= MAX_BENCH_BATCH or not 1 <= args.concurrency <= MAX_BENCH_CONCURRENCY:
+        raise CampaignInputError(f"--batch-size must be 1 to {MAX_BENCH_BATCH} and --concurrency 1 to "
+                                 f"{MAX_BENCH_CONCURRENCY}")
+    result = run_bench(args.messages, args.latency_ms / 1000, args.baseline_messages, args.concurrency,
+                       args.batch_size, args.idempotency_store or "dynamodb")
     if args.json:
         print(json.dumps(asdict(result)))
         return 0
     print(
-        f"sender: {result.messages} messages, {result.concurrency} concurrent invocation(s), "
-        f"Graph latency {result.graph_latency_ms} ms ({result.database})"
+        f"sender: {result.messages} messages in batches of {result.batch_size}, {result.concurrency} sender "
+        f"environment(s), Graph latency {result.graph_latency_ms} ms, idempotency store {result.idempotency_store} "
+        f"({result.database})"
     )
-    print(f"  {result.messages_per_second} messages/s, {result.lambda_ms_per_message} ms of handler time per message")
+    if result.deferred or result.ambiguous:
+        print(f"  {result.sent} sent; {result.deferred} deferred (their send slot passed before they started: sent "
+              f"again later) and {result.ambiguous} without an answer (reset_stuck's)")
+    print(f"  {result.messages_per_second} messages/s, {result.lambda_ms_per_message} ms of handler time and "
+          f"{result.cpu_ms_per_message} ms of CPU per message")
     print(
         f"  per message: {result.pg_round_trips_per_message} PostgreSQL round trips, "
         f"{result.ddb_requests_per_message} DynamoDB requests, {result.graph_requests_per_message} Graph requests"
     )
+    print(f"  per batch: claim {result.claim_ms_per_batch} ms, finalize {result.finalize_ms_per_batch} ms; "
+          f"handler p50 {result.batch_ms_p50} ms, p99 {result.batch_ms_p99} ms")
     print(f"seed's per-message flow: {result.baseline_messages} messages, {result.baseline_messages_per_second} messages/s")
     print(f"speedup: {result.speedup_vs_seed_baseline}x; recipients sent twice: {result.duplicates}")
+    return 0
+
+
+def _bench_ceiling(args: argparse.Namespace) -> int:
+    from sendonce.local import ceiling
+
+    if args.mps is not None and not 1 <= args.mps <= 1000:
+        raise CampaignInputError("--mps must be 1 to 1,000 (Meta's ceiling per number)")
+    if not 1 <= args.seconds <= 600:
+        raise CampaignInputError("--seconds must be 1 to 600")
+
+    def progress(run: dict) -> None:
+        if not args.json:
+            verdict = "fed" if ceiling.fed(run) else "NOT fed"
+            print(f"  limit {run['configured_mps']:>5,}/s: achieved {run['achieved_mps']:>7,}/s "
+                  f"({run['achieved_share']:.0%}), 130429 x {run['throttled']}, sent twice {run['duplicates']}, "
+                  f"{run['senders']} senders, {run['cpu_ms_per_message']} ms CPU per message, most accepted in one "
+                  f"second {run['most_accepted_in_one_second']}: {verdict}", flush=True)
+
+    if not args.json:
+        print(f"ceiling run: {args.seconds:g} s per limit, Graph latency {args.latency_ms} ms, batches of "
+              f"{args.batch_size}, idempotency store {args.idempotency_store or 'memory'}, the fake Graph refusing past the "
+              "limit (130429)", flush=True)
+    result = ceiling.ceiling(args.mps, args.seconds, args.latency_ms / 1000, args.batch_size,
+                             args.idempotency_store or "memory", progress)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        highest = result["highest_fed_mps"]
+        print(f"highest limit fed on this machine ({result['cores']} cores): "
+              f"{f'{highest:,} messages/s' if highest else 'none'}")
+        print(textwrap.fill(result["extrapolation"]["method"], width=110, initial_indent="  ",
+                            subsequent_indent="  "))
+    return 0 if result["duplicates"] == 0 else 1
+
+
+def _cmd_plan(args: argparse.Namespace) -> int:
+    from sendonce import capacity
+
+    measured = capacity.Measured()
+    if args.bench:
+        try:
+            measured = capacity.Measured.from_bench_json(json.loads(Path(args.bench).read_text(encoding="utf-8")))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise CampaignInputError(f"--bench {args.bench}: {exc}") from None
+        except ValueError as exc:
+            raise CampaignInputError(f"--bench {args.bench}: {exc}") from None
+    try:
+        plan = capacity.plan(args.recipients, args.mps, args.batch_size, args.graph_latency_ms, args.memory_mb,
+                             measured, args.max_connections)
+    except ValueError as exc:
+        raise CampaignInputError(str(exc)) from None
+    print(json.dumps(plan) if args.json else capacity.format_plan(plan))
     return 0
 
 
@@ -880,8 +947,30 @@ def build_parser() -> argparse.ArgumentParser:
         "--concurrency", type=int, default=4, help="concurrent sender invocations, as the event source runs them (default 4)"
     )
     bench.add_argument("--latency-ms", type=int, default=100, help="fake Graph API latency (default 100)")
+    bench.add_argument("--batch-size", type=int, default=10, help="SQS messages per invocation (default 10)")
+    bench.add_argument("--idempotency-store", choices=("dynamodb", "memory"),
+                       help="dynamodb: on moto (the default, but for --ceiling); memory: Powertools' persistence "
+                            "layer on a dict, so moto's one-request-at-a-time server is not what is measured")
+    bench.add_argument("--ceiling", action="store_true",
+                       help="drive a campaign at a configured limit (--mps) with enough sender processes against the "
+                            "fake Graph's cap; without --mps, find the highest limit this machine feeds")
+    bench.add_argument("--mps", type=int, help="--ceiling: the limit to drive (default: search 25 ... 1,000)")
+    bench.add_argument("--seconds", type=float, default=10, help="--ceiling: seconds of sending per limit (default 10)")
     bench.add_argument("--json", action="store_true", help="print one JSON object")
     bench.set_defaults(func=_cmd_bench)
+
+    planning = commands.add_parser(
+        "plan", help="capacity and cost of a campaign: Lambdas, connections, requests, AWS and Meta cost (docs/capacity.md)"
+    )
+    planning.add_argument("--recipients", type=int, required=True, help="messages to send")
+    planning.add_argument("--mps", type=float, required=True, help="the phone number's rate (Meta: 80, or 1,000 upgraded)")
+    planning.add_argument("--batch-size", type=int, default=10, help="SQS messages per sender invocation (default 10)")
+    planning.add_argument("--graph-latency-ms", type=float, default=250, help="Graph API answer time (default 250)")
+    planning.add_argument("--memory-mb", type=int, default=512, help="the sender's memory (default 512)")
+    planning.add_argument("--max-connections", type=int, help="PostgreSQL max_connections (default: db.t4g.medium's)")
+    planning.add_argument("--bench", help="a `sendonce bench --json` output: its measured constants replace the defaults")
+    planning.add_argument("--json", action="store_true", help="print one JSON object")
+    planning.set_defaults(func=_cmd_plan)
 
     local = commands.add_parser("local", help="run sendonce on this machine").add_subparsers(
         dest="action", required=True

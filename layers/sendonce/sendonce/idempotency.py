@@ -17,6 +17,7 @@ from aws_lambda_powertools.utilities.idempotency.exceptions import (
     IdempotencyItemAlreadyExistsError,
     IdempotencyItemNotFoundError,
 )
+from aws_lambda_powertools.utilities.idempotency.persistence.base import BasePersistenceLayer
 from botocore.config import Config
 
 from sendonce.config import get_settings, require
@@ -49,11 +50,23 @@ def table_name() -> str:
 
 
 @lru_cache(maxsize=1)
-def get_persistence_store() -> DynamoDBPersistenceLayer:
-    """Powertools' DynamoDB persistence layer on IDEMPOTENCY_TABLE, configured with IDEMPOTENCY_CONFIG."""
-    store = DynamoDBPersistenceLayer(table_name=table_name(), boto3_client=get_dynamodb_client())
+def get_persistence_store() -> BasePersistenceLayer:
+    """Powertools' DynamoDB persistence layer on IDEMPOTENCY_TABLE (or the store `use_persistence_store` gave),
+    configured with IDEMPOTENCY_CONFIG."""
+    store = _other_store or DynamoDBPersistenceLayer(table_name=table_name(), boto3_client=get_dynamodb_client())
     store.configure(IDEMPOTENCY_CONFIG, key_prefix=KEY_PREFIX)
     return store
+
+
+_other_store: BasePersistenceLayer | None = None
+
+
+def use_persistence_store(store: BasePersistenceLayer | None) -> None:
+    """Keep the records in `store` instead of DynamoDB (`sendonce bench --idempotency-store memory`); None: back to
+    DynamoDB. Local tools only: a deployed sender always uses IDEMPOTENCY_TABLE."""
+    global _other_store
+    _other_store = store
+    get_persistence_store.cache_clear()
 
 
 def enter(message: QueueMessage, remaining_ms: int) -> dict | None:

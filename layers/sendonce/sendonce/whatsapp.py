@@ -31,7 +31,8 @@ def _new_client(token: str) -> httpx.Client:
         headers={"Authorization": f"Bearer {token}"},
         # The connect timeout is short: a connect error is safe to retry, a read timeout is not.
         timeout=httpx.Timeout(settings.whatsapp_timeout_seconds, connect=min(3.0, settings.whatsapp_timeout_seconds)),
-        limits=httpx.Limits(max_connections=50, max_keepalive_connections=20),
+        # A batch's sends run at once (one thread each): a connection for each, up to batches of 100.
+        limits=httpx.Limits(max_connections=100, max_keepalive_connections=100),
     )
 
 

@@ -79,13 +79,18 @@ class FakeGraph:
         seed: int = 7,
         throttle_mps: int = 0,
         waba_id: str = WABA_ID,
+        throttle_burst: float | None = None,
     ):
         self.token = token
         self.waba_id = waba_id  # the WhatsApp Business Account: its templates, and entry.id of its webhooks
         self.latency = latency
         self.chaos = chaos
-        # Like Meta: more than `throttle_mps` messages in one second are refused with 130429 (0: no limit).
+        # Like Meta: messages past `throttle_mps` per second are refused with 130429 (0: no limit). Meta does
+        # not document its window: by default more than `throttle_mps` in any one second (sliding) are refused;
+        # with `throttle_burst` (seconds) the cap is a token bucket of throttle_mps x throttle_burst messages,
+        # refilled at throttle_mps a second: the rate over time, with that much burst.
         self.throttle_mps = throttle_mps
+        self.throttle_burst = throttle_burst
         self._seed = seed
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
@@ -118,6 +123,7 @@ class FakeGraph:
             self._storm_until = 0.0
             self.accepted_at: list[float] = []
             self._arrivals: list[float] = []
+            self._tokens, self._refilled = float("inf"), time.monotonic()  # the throttle_burst bucket: full
             self.on_crash: Callable[[dict], None] | None = None
             # Called with the recipient before each send is answered (tests change plans mid-run with it).
             self.on_request: Callable[[str], None] | None = None
@@ -493,7 +499,16 @@ class FakeGraph:
             if time.monotonic() < self._storm_until:
                 self.stormed += 1
                 return "error:130429"
-            if self.throttle_mps:
+            if self.throttle_mps and self.throttle_burst is not None:
+                now = time.monotonic()
+                capacity = max(1.0, self.throttle_mps * self.throttle_burst)
+                self._tokens = min(capacity, self._tokens + (now - self._refilled) * self.throttle_mps)
+                self._refilled = now
+                if self._tokens < 1:
+                    self.throttled += 1
+                    return "error:130429"
+                self._tokens -= 1
+            elif self.throttle_mps:
                 now = time.monotonic()
                 recent = [at for at in self._arrivals if now - at < 1.0]
                 if len(recent) >= self.throttle_mps:
