@@ -5,7 +5,7 @@ by default) against one campaign on one phone number:
 
 * the claim, `sendonce.repository.sending.claim_rows(conn, messages, token, default_mps=1_000_000,
   max_wait=600, window=86400)` (`CLAIM_ROWS`: its `rate_limits` upsert, the UPDATE of the rows), for a batch of
-  `--batch` (default 10) `ready` rows, each message `QueueMessage(row_id, campaign_id, "bench")`, each claim a
+  `--batch` (default 25, the stack's SQS BatchSize) `ready` rows, each message `QueueMessage(row_id, campaign_id, "bench")`, each claim a
   fresh uuid4 token (as each sender invocation has its own);
 * then the finalize, `finalize_rows(conn, results, error_window=200, error_threshold=0.5)` (`FINALIZE_ROWS`),
   writing every claimed row as sent (`SendResult(Disposition.SENT, wamid="wamid.<hex>")`), no unused slots.
@@ -51,7 +51,7 @@ defaults: fsync on, synchronous_commit on) on a free port of 127.0.0.1, stopped 
 `--database-url` (or no PostgreSQL binaries) uses DATABASE_URL / a throwaway database on the local server
 instead (benchmarks/_database.py), N capped at its max_connections - 10, as the output then says.
 
-    .venv/bin/python benchmarks/coordination.py [--connections 1 10 50 100 200] [--seconds 8] [--batch 10]
+    .venv/bin/python benchmarks/coordination.py [--connections 1 10 50 100 200] [--seconds 8] [--batch 25]
         [--processes P] [--warmup 1] [--database-url] [--quick] [--json]
 
 `--quick`: N = 1 and 4, 1 s each, a small campaign: a smoke test. Nothing is asserted about the times.
@@ -80,6 +80,7 @@ import uuid
 
 import psycopg
 from _database import database
+from sendonce.capacity import SENDER_BATCH_SIZE
 from sendonce.migrate import migrate
 from sendonce.models import Disposition, QueueMessage, SendResult
 from sendonce.observability import logger
@@ -533,7 +534,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--connections", type=int, nargs="+", help="N values (default 1 10 50 100 200)")
     parser.add_argument("--seconds", type=float, help="measured seconds per N (default 8, --quick 1)")
     parser.add_argument("--warmup", type=float, help="unmeasured seconds before each N (default 1, --quick 0.3)")
-    parser.add_argument("--batch", type=int, default=10, help="rows per claim (default 10, SQS's batch)")
+    parser.add_argument("--batch", type=int, default=SENDER_BATCH_SIZE,
+                        help=f"rows per claim (default {SENDER_BATCH_SIZE}, the stack's SQS batch)")
     parser.add_argument("--processes", type=int,
                         help="worker processes the N connections are spread over (default min(N, 2 x cores))")
     parser.add_argument("--sample-ms", type=float, default=50, help="pg_stat_activity sampling period (ms)")

@@ -135,7 +135,8 @@ def test_bench_json_counts_round_trips_and_requests(capsys, monkeypatch, databas
     monkeypatch.setenv("DATABASE_URL", database_url)
 
     # When it runs with --json
-    assert main(["bench", "--messages", "40", "--baseline-messages", "5", "--latency-ms", "20", "--json"]) == 0
+    assert main(["bench", "--messages", "40", "--baseline-messages", "5", "--latency-ms", "20", "--batch-size", "10",
+                 "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
 
     # Then every figure is there, counted: two statements per batch of 10, two DynamoDB requests per message

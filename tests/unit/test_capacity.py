@@ -4,7 +4,13 @@ import json
 from decimal import Decimal
 
 import pytest
-from sendonce.capacity import Measured, format_plan, plan
+from sendonce import capacity
+from sendonce.capacity import Measured, format_plan
+
+
+def plan(*args, batch_size: int = 10, **kwargs) -> dict:
+    """The worked examples below are for batches of 10 (the stack's default is `capacity.SENDER_BATCH_SIZE`)."""
+    return capacity.plan(*args, batch_size=batch_size, **kwargs)
 from sendonce.cost import parse_rates
 
 NO_CPU = Measured(cpu_ms_per_message=0.0)
@@ -42,7 +48,7 @@ def test_cpu_takes_a_share_of_a_vcpu_by_memory():
     assert p["lambda"]["concurrency"] == 35
     assert p["lambda"]["cpu_seconds"] == 5000
     # 512 MB: 50 ms / (512/1769) = 172.75 ms -> batch 0.47275 s -> 47.3 -> 48
-    assert plan(1_000_000, 1000, rates=RATES)["lambda"]["concurrency"] == 48
+    assert plan(1_000_000, 1000, measured=Measured(cpu_ms_per_message=5.0), rates=RATES)["lambda"]["concurrency"] == 48
 
 
 def test_80_mps():
@@ -169,7 +175,7 @@ def test_measured_figures_drive_the_costs():
 
 
 def test_plan_is_json_and_formats():
-    p = plan(1_000_000, 1000, rates=RATES)
+    p = plan(1_000_000, 1000, measured=Measured(cpu_ms_per_message=5.0), rates=RATES)
     assert json.loads(json.dumps(p)) == p
     text = format_plan(p)
     assert "1,000,000 recipients at 1,000 messages/s" in text
@@ -185,10 +191,34 @@ def test_plan_command_prints_the_plan_and_reads_a_bench_file(tmp_path, capsys):
     bench = tmp_path / "bench.json"
     bench.write_text(json.dumps({"cpu_ms_per_message": 2.5, "pg_round_trips_per_message": 0.2,
                                  "ddb_requests_per_message": 2.1, "graph_requests_per_message": 1.0, "messages": 9}))
-    assert main(["plan", "--recipients", "1000000", "--mps", "1000", "--bench", str(bench), "--json"]) == 0
+    assert main(["plan", "--recipients", "1000000", "--mps", "1000", "--batch-size", "10", "--bench", str(bench),
+                 "--json"]) == 0
     planned = json.loads(capsys.readouterr().out)
     assert planned["lambda"]["invocations"] == 100_000 and planned["inputs"]["measured"]["cpu_ms_per_message"] == 2.5
     assert main(["plan", "--recipients", "1000000", "--mps", "80"]) == 0
     assert "Lambda (sender)" in capsys.readouterr().out
     assert main(["plan", "--recipients", "10", "--mps", "1001"]) == 2
     assert "above Meta's ceiling" in capsys.readouterr().err
+
+
+def test_the_models_batch_size_is_the_stacks():
+    import re
+    from pathlib import Path
+
+    from sendonce.capacity import SENDER_BATCH_SIZE
+
+    template = (Path(__file__).resolve().parents[2] / "template.yaml").read_text()
+    event = template[template.index("SendQueueBatch:"):]
+    assert int(re.search(r"BatchSize: (\d+)", event).group(1)) == SENDER_BATCH_SIZE
+    # SQS hands a Lambda more than 10 messages only with a batching window
+    assert SENDER_BATCH_SIZE <= 10 or re.search(r"MaximumBatchingWindowInSeconds: [1-9]", event[:600])
+
+
+def test_round_trips_and_requests_follow_the_batch_size_unless_measured():
+    # A claim and a finalize per batch, two idempotency writes per message and a journal put per batch
+    requests = capacity.plan(1_000_000, 1000, batch_size=25, rates=RATES)["requests_per_message"]
+    assert (requests["dynamodb"]["wru"], capacity.plan(1_000_000, 1000, batch_size=25, rates=RATES)
+            ["postgresql"]["sender_round_trips_per_second"]) == (2.04, 80.0)
+    measured = Measured(pg_round_trips_per_message=0.5, ddb_requests_per_message=3.0)
+    assert capacity.plan(1_000_000, 1000, batch_size=25, measured=measured, rates=RATES)["requests_per_message"][
+        "dynamodb"]["wru"] == 3.0

@@ -8,7 +8,7 @@ per-message fees come from the rates file (`cost.load_rates`), never from a copy
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from decimal import Decimal
 
 from sendonce.config import FINALIZE_SECONDS, JOURNAL_SECONDS
@@ -41,6 +41,7 @@ LAMBDA_MB_PER_VCPU = 1769  # Lambda gives one full vCPU at 1,769 MB, CPU in prop
 
 # -- The stack (template.yaml) and the sender's settings (config.py) ------------------------------------------
 SENDER_TIMEOUT_SECONDS = 30  # SenderFunction Timeout
+SENDER_BATCH_SIZE = 25  # SenderFunction's SQS event BatchSize (README, Figures: batch size)
 MAX_SLOT_WAIT_SECONDS = 10  # MAX_SLOT_WAIT_SECONDS default
 WHATSAPP_TIMEOUT_SECONDS = 10.0  # WHATSAPP_TIMEOUT_SECONDS default
 WEBHOOK_RESERVED_CONCURRENCY = 10  # WebhookReservedConcurrency default
@@ -87,20 +88,33 @@ class Measured:
     Attributes
     ----------
     cpu_ms_per_message
-        CPU time of the handler per message. 5.0 is a DEFAULT placeholder, not a measurement: replace it with
-        your own `sendonce bench --json` (`sendonce plan --bench FILE`).
+        CPU time of the sender per message, all its threads: 7.35 ms measured by `sendonce bench --json` (batches
+        of 25, DynamoDB on moto: the botocore client's CPU is the sender's; 2026-11-30, README Figures). Your own
+        `sendonce bench --json` replaces it (`sendonce plan --bench FILE`).
     pg_round_trips_per_message
-        PostgreSQL round trips: a claim and a finalize per batch of 10 (bench: 0.204).
+        PostgreSQL round trips: a claim and a finalize per batch (None: 2 / batch size; bench, batches of 25:
+        0.084).
     ddb_requests_per_message
-        DynamoDB requests: the idempotency put and update, and one journal put per batch (bench: 2.1).
+        DynamoDB requests: the idempotency put and update, and one journal put per batch (None: 2 + 1 / batch
+        size; bench: 2.04).
     graph_requests_per_message
         Graph API requests (bench: 1.0).
     """
 
-    cpu_ms_per_message: float = 5.0
-    pg_round_trips_per_message: float = 0.2
-    ddb_requests_per_message: float = 2.1
+    cpu_ms_per_message: float = 7.35
+    pg_round_trips_per_message: float | None = None
+    ddb_requests_per_message: float | None = None
     graph_requests_per_message: float = 1.0
+
+    def for_batch(self, batch_size: int) -> Measured:
+        """These figures, the ones left None counted for batches of `batch_size`."""
+        return replace(
+            self,
+            pg_round_trips_per_message=(2 / batch_size if self.pg_round_trips_per_message is None
+                                        else self.pg_round_trips_per_message),
+            ddb_requests_per_message=(2 + 1 / batch_size if self.ddb_requests_per_message is None
+                                      else self.ddb_requests_per_message),
+        )
 
     @classmethod
     def from_bench_json(cls, data: dict) -> Measured:
@@ -138,7 +152,7 @@ def _usd(amount: float) -> float:
 def plan(
     recipients: int,
     mps: float,
-    batch_size: int = 10,
+    batch_size: int = SENDER_BATCH_SIZE,
     graph_latency_ms: float = 250,
     memory_mb: int = 512,
     measured: Measured = Measured(),  # frozen: one shared default is safe
@@ -222,6 +236,7 @@ def plan(
             raise ValueError(f"{name} must be a number from 0, got {value!r}")
     if rds_max_connections is not None and rds_max_connections < 1:
         raise ValueError(f"rds_max_connections must be from 1, got {rds_max_connections!r}")
+    measured = measured.for_batch(batch_size)
     monthly = messages_per_month or recipients
     millions = recipients / 1e6
 

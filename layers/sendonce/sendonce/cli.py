@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from sendonce import __version__
+from sendonce.capacity import SENDER_BATCH_SIZE
 from sendonce.config import send_queue_url
 from sendonce.errors import (
     CampaignInputError,
@@ -947,7 +948,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--concurrency", type=int, default=4, help="concurrent sender invocations, as the event source runs them (default 4)"
     )
     bench.add_argument("--latency-ms", type=int, default=100, help="fake Graph API latency (default 100)")
-    bench.add_argument("--batch-size", type=int, default=10, help="SQS messages per invocation (default 10)")
+    bench.add_argument("--batch-size", type=int, default=SENDER_BATCH_SIZE,
+                       help=f"SQS messages per invocation (default {SENDER_BATCH_SIZE}, the stack's)")
     bench.add_argument("--idempotency-store", choices=("dynamodb", "memory"),
                        help="dynamodb: on moto (the default, but for --ceiling); memory: Powertools' persistence "
                             "layer on a dict, so moto's one-request-at-a-time server is not what is measured")
@@ -964,7 +966,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     planning.add_argument("--recipients", type=int, required=True, help="messages to send")
     planning.add_argument("--mps", type=float, required=True, help="the phone number's rate (Meta: 80, or 1,000 upgraded)")
-    planning.add_argument("--batch-size", type=int, default=10, help="SQS messages per sender invocation (default 10)")
+    planning.add_argument("--batch-size", type=int, default=SENDER_BATCH_SIZE,
+                          help=f"SQS messages per sender invocation (default {SENDER_BATCH_SIZE}, the stack's)")
     planning.add_argument("--graph-latency-ms", type=float, default=250, help="Graph API answer time (default 250)")
     planning.add_argument("--memory-mb", type=int, default=512, help="the sender's memory (default 512)")
     planning.add_argument("--max-connections", type=int, help="PostgreSQL max_connections (default: db.t4g.medium's)")

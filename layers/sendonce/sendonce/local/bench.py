@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import httpx
 
 from sendonce import db
+from sendonce.capacity import SENDER_BATCH_SIZE
 from sendonce.local import services
 from sendonce.local.fake_graph import FakeGraph
 from sendonce.migrate import migrate
@@ -223,7 +224,7 @@ def _run_seed(conn, graph: FakeGraph, messages: int) -> float:
 
 def run_bench(
     messages: int = 2000, latency: float = 0.1, baseline_messages: int = 200, concurrency: int = 4,
-    batch_size: int = 10, idempotency_store: str = "dynamodb",
+    batch_size: int = SENDER_BATCH_SIZE, idempotency_store: str = "dynamodb",
 ) -> BenchResult:
     """Run both flows and return the figures."""
     if idempotency_store not in IDEMPOTENCY_STORES:

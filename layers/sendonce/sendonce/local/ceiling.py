@@ -29,9 +29,10 @@ import time
 import uuid
 
 from sendonce import db, whatsapp
+from sendonce.capacity import SENDER_BATCH_SIZE
 from sendonce.local import services
 from sendonce.local.event_source import queue_depth
-from sendonce.local.fake_graph import FakeGraph
+from sendonce.local.fake_graph import FakeGraph, most_within
 from sendonce.migrate import migrate
 from sendonce.models import QueueMessage
 from sendonce.repository.campaigns import insert_campaign
@@ -49,12 +50,13 @@ def _record(message_id: str, body: str, receipt: str = "memory") -> dict:
             "awsRegion": "us-east-1"}
 
 
-def _sender(pending, stop, environ: dict, starts, store: str, batch: int, reports) -> None:
+def _sender(pending, stop, environ: dict, store: str, batch: int, reports) -> None:
     """One sender environment: batches from `pending`, then deferred and throttled rows from SQS, until `stop`.
 
-    Every Graph request's start time goes to `starts`: the senders' own view of their pace, which the fake
-    Graph (a thread of the parent process, on a machine as busy as this one) records with its own delays.
-    `reports` gets "ready" once the handler is loaded, then the CPU seconds the sending took (not the start).
+    `reports` gets "ready" once the handler is loaded, then (CPU seconds the sending took, the start time of
+    every Graph request: the senders' own view of their pace, which the fake Graph, a thread of the parent
+    process on a machine as busy as this one, records with its own delays). One message at the end: a queue
+    written all along and read only at the end would fill its pipe and keep the process from exiting.
     """
     os.environ.update(environ)
     logging.disable(logging.WARNING)  # a sender's logs would drown the figures
@@ -68,9 +70,10 @@ def _sender(pending, stop, environ: dict, starts, store: str, batch: int, report
 
         idempotency.use_persistence_store(MemoryPersistenceLayer())
     send_template = whatsapp.send_template
+    starts: list[float] = []
 
     def timed_send(row, client=None):
-        starts.put(time.time())
+        starts.append(time.time())
         return send_template(row, client)
 
     whatsapp.send_template = timed_send
@@ -105,17 +108,7 @@ def _sender(pending, stop, environ: dict, starts, store: str, batch: int, report
                 else:
                     sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=record["receiptHandle"])
     after = resource.getrusage(resource.RUSAGE_SELF)
-    reports.put(after.ru_utime - usage.ru_utime + after.ru_stime - usage.ru_stime)
-
-
-def most_in_one_second(times: list[float]) -> int:
-    """The most events within any one second."""
-    times, start, best = sorted(times), 0, 0
-    for end, at in enumerate(times):
-        while at - times[start] >= 1.0:
-            start += 1
-        best = max(best, end - start + 1)
-    return best
+    reports.put((after.ru_utime - usage.ru_utime + after.ru_stime - usage.ru_stime, starts))
 
 
 def senders_for(mps: float, latency: float, batch: int) -> int:
@@ -126,7 +119,7 @@ def senders_for(mps: float, latency: float, batch: int) -> int:
 
 
 def run_at_limit(mps: int, senders: int | None = None, seconds: float = 10, max_wait: int = 10, latency: float = 0.1,
-                 batch: int = 10, burst: float | None = 0.5, throttle_factor: float = 1.0,
+                 batch: int = SENDER_BATCH_SIZE, burst: float | None = 0.5, throttle_factor: float = 1.0,
                  store: str = "memory") -> dict:
     """Send one campaign of `mps` x `seconds` rows at the limit `mps`; return the figures.
 
@@ -153,9 +146,9 @@ def run_at_limit(mps: int, senders: int | None = None, seconds: float = 10, max_
             insert_campaign(conn, fields, ((f"9195{i:08d}", ("Asha",)) for i in range(rows)))
             ids = [r[0] for r in conn.execute("SELECT id FROM send_queue WHERE campaign_id = %s ORDER BY id", (campaign_id,))]
             enqueue_id = uuid.uuid4().hex
-            pending, stop, starts, reports = spawn.Queue(), spawn.Event(), spawn.Queue(), spawn.Queue()
-            processes = [spawn.Process(target=_sender, args=(pending, stop, dict(os.environ), starts, store, batch,
-                                                             reports)) for _ in range(senders)]
+            pending, stop, reports = spawn.Queue(), spawn.Event(), spawn.Queue()
+            processes = [spawn.Process(target=_sender, args=(pending, stop, dict(os.environ), store, batch, reports))
+                         for _ in range(senders)]
             for process in processes:
                 process.start()
             for _ in processes:  # every sender ready, then the messages: the run starts at full strength
@@ -174,16 +167,15 @@ def run_at_limit(mps: int, senders: int | None = None, seconds: float = 10, max_
                 ).fetchone()
                 ahead.append(float(schedule or 0))
             stop.set()
-            cpu = sum(reports.get(timeout=60) for _ in processes)
+            pending.cancel_join_thread()  # rows left unread (a run that timed out) must not hold this process
+            ends = [reports.get(timeout=60) for _ in processes]
             for process in processes:
                 process.join(timeout=60)
             dead = queue_depth(stack.resources.dlq_url)
         finally:
             conn.close()
-        sent_at = []
-        with contextlib.suppress(queue.Empty):
-            while True:
-                sent_at.append(starts.get(timeout=1))
+        cpu = sum(end[0] for end in ends)
+        sent_at = [at for end in ends for at in end[1]]
         times = sorted(graph.accepted_at)
         rate = (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 else 0.0
         return {
@@ -191,7 +183,7 @@ def run_at_limit(mps: int, senders: int | None = None, seconds: float = 10, max_
             "throttled": graph.throttled, "duplicates": len(graph.duplicates()), "rows": rows, "sent": sent,
             "senders": senders, "batch_size": batch, "graph_latency_ms": round(latency * 1000),
             "cpu_ms_per_message": round(cpu * 1000 / max(sent, 1), 2),
-            "most_started_in_one_second": most_in_one_second(sent_at),
+            "most_started_in_one_second": most_within(sent_at),
             "most_accepted_in_one_second": graph.max_rate(),
             "schedule_most_ahead_s": round(max(ahead, default=0), 2), "dead_lettered": int(dead),
             "max_slot_wait_s": max_wait, "idempotency_store": store,
@@ -206,7 +198,7 @@ def fed(run: dict) -> bool:
             and run["sent"] == run["rows"])
 
 
-def ceiling(mps: int | None = None, seconds: float = 10, latency: float = 0.1, batch: int = 10,
+def ceiling(mps: int | None = None, seconds: float = 10, latency: float = 0.1, batch: int = SENDER_BATCH_SIZE,
             store: str = "memory", on_run=None) -> dict:
     """The ceiling run: at `mps`, or up the ladder (25 ... 1,000 messages/s) until a limit is not fed.
 
@@ -229,6 +221,8 @@ def ceiling(mps: int | None = None, seconds: float = 10, latency: float = 0.1, b
     target = capacity.META_MAX_MPS
     at_target = capacity.plan(1_000_000, target, batch, latency * 1000,
                               measured=capacity.Measured(cpu_ms_per_message=cpu_ms))
+    # The in-memory store leaves out the botocore client's CPU for DynamoDB: the model's default has it.
+    with_dynamodb = capacity.plan(1_000_000, target, batch, latency * 1000)
     return {
         **{key: best[key] for key in ("configured_mps", "achieved_mps", "achieved_share", "throttled", "duplicates",
                                       "senders", "cpu_ms_per_message")},
@@ -239,12 +233,16 @@ def ceiling(mps: int | None = None, seconds: float = 10, latency: float = 0.1, b
             "target_mps": target,
             "sender_cpu_seconds_per_second": round(target * cpu_ms / 1000, 2),
             "lambda_concurrency": at_target["lambda"]["concurrency"],
+            "lambda_concurrency_with_dynamodb": with_dynamodb["lambda"]["concurrency"],
             "method": (
                 f"The senders used {cpu_ms} ms of CPU per message here (all their processes, from getrusage), so "
                 f"{target:,} messages/s needs {target * cpu_ms / 1000:.1f} CPU-seconds every second in senders; "
                 f"this machine's {os.cpu_count()} cores also run PostgreSQL, the fake Graph and moto. On Lambda "
                 f"each environment has its own CPU (512 MB: 0.29 vCPU): `sendonce plan --recipients 1000000 --mps "
-                f"{target}` with this CPU per message gives {at_target['lambda']['concurrency']} concurrent senders. "
+                f"{target}` with this CPU per message gives {at_target['lambda']['concurrency']} concurrent senders"
+                + (f" ({with_dynamodb['lambda']['concurrency']} with DynamoDB's client CPU, "
+                   f"{capacity.Measured().cpu_ms_per_message} ms per message: `sendonce bench`)" if store == "memory" else "")
+                + ". "
                 "The shared coordination (the claim's rate_limits row, the finalize) is measured apart, by "
                 "benchmarks/coordination.py, up to 200 connections."
             ),

@@ -459,13 +459,7 @@ class FakeGraph:
 
     def max_rate(self, window: float = 1.0) -> int:
         """The most sends accepted within any `window` seconds."""
-        times = sorted(self.accepted_at)
-        start, best = 0, 0
-        for end, at in enumerate(times):
-            while at - times[start] >= window:
-                start += 1
-            best = max(best, end - start + 1)
-        return best
+        return most_within(self.accepted_at, window)
 
     def max_unique_in_window(self, window_seconds: float) -> int:
         """The most unique recipients of accepted sends within any `window_seconds` (half-open [t, t+window)).
@@ -1329,3 +1323,13 @@ class StatusWebhook:
                 counts["duplicated"] += 1
                 self._schedule(now + self._random.uniform(*_DUPLICATE_AFTER), _Delivery([again]), new=True)
             notification.duplicates = 0
+
+
+def most_within(times: list[float], window: float = 1.0) -> int:
+    """The most of `times` within any `window` seconds."""
+    times, start, best = sorted(times), 0, 0
+    for end, at in enumerate(times):
+        while at - times[start] >= window:
+            start += 1
+        best = max(best, end - start + 1)
+    return best
