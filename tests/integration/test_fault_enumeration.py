@@ -102,7 +102,7 @@ def _setup_sender_plain(w: World) -> None:
     w.event = w.receive(3)
 
 
-LIMIT_WINDOW = "0.5"  # seconds: the messaging window, simulated
+LIMIT_WINDOW = "0.25"  # seconds: the messaging window, simulated
 
 
 def _limited(w: World, limit: int) -> None:
