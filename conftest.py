@@ -258,6 +258,21 @@ def world(pg_conn, database_url, monkeypatch, tmp_path, moto_server):
             w.graph.stop()
 
 
+def pytest_sessionfinish(session) -> None:
+    """An xdist worker hands its fault report to the controller, which prints the summary."""
+    from tests.faults import REPORT
+
+    if hasattr(session.config, "workeroutput"):
+        session.config.workeroutput["fault_report"] = list(REPORT)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error) -> None:
+    from tests.faults import REPORT
+
+    REPORT.extend(getattr(node, "workeroutput", {}).get("fault_report", []))
+
+
 def pytest_terminal_summary(terminalreporter) -> None:
     """What the fault suites ran: injection points per scenario, the soak's seed."""
     from tests.faults import REPORT

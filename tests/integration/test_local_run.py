@@ -5,10 +5,13 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,12 +19,19 @@ import pytest
 SENDONCE = str(Path(sys.executable).with_name("sendonce"))
 
 
-def _environ(tmp_path: Path, **extra: str) -> dict[str, str]:
+@pytest.fixture
+def short_tmp() -> Iterator[Path]:
+    """The run's TMPDIR: short, since PostgreSQL's Unix socket path in it must fit in 107 bytes (pytest's tmp_path
+    under a parallel worker, /tmp/pytest-of-root/pytest-N/popen-gw1/<test name>/..., does not leave room)."""
+    folder = Path(tempfile.mkdtemp(prefix="so-"))
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def _environ(tmp: Path, **extra: str) -> dict[str, str]:
     """A user's environment: nothing of the test run's (no AWS endpoints, no DATABASE_URL unless given)."""
     keep = ("PATH", "HOME", "LANG", "PYENV_VERSION", "VIRTUAL_ENV")
     environ = {k: v for k, v in os.environ.items() if k in keep}
-    tmp = tmp_path / "tmp"
-    tmp.mkdir()
     return {**environ, "TMPDIR": str(tmp), **extra}
 
 
@@ -50,9 +60,9 @@ def _processes_using(folder: Path) -> list[str]:
     return found
 
 
-def test_local_run_with_chaos_sends_each_recipient_once_and_counts_true(tmp_path, pg_server):
+def test_local_run_with_chaos_sends_each_recipient_once_and_counts_true(short_tmp, pg_server):
     # Given a fresh database (DATABASE_URL is used when set), as a user would point the run at one
-    environ = _environ(tmp_path, DATABASE_URL=pg_server())
+    environ = _environ(short_tmp, DATABASE_URL=pg_server())
 
     # When `sendonce local run --contacts 500 --chaos --json` runs
     done = subprocess.run([SENDONCE, "local", "run", "--contacts", "500", "--chaos", "--json"], env=environ,
@@ -72,9 +82,9 @@ def test_local_run_with_chaos_sends_each_recipient_once_and_counts_true(tmp_path
 
 
 @pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
-def test_local_run_stopped_mid_run_leaves_nothing_running_or_on_disk(tmp_path, how):
+def test_local_run_stopped_mid_run_leaves_nothing_running_or_on_disk(short_tmp, how):
     # Given a run on embedded defaults (its own PostgreSQL), in a session of its own as a terminal would start it
-    environ = _environ(tmp_path)
+    environ = _environ(short_tmp)
     run = subprocess.Popen([SENDONCE, "local", "run", "--contacts", "5000", "--chaos"], env=environ,
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
@@ -102,9 +112,9 @@ def test_local_run_stopped_mid_run_leaves_nothing_running_or_on_disk(tmp_path, h
     assert list(Path(environ["TMPDIR"]).iterdir()) == []
 
 
-def test_local_up_serves_every_command_and_the_api_until_stopped(tmp_path):
+def test_local_up_serves_every_command_and_the_api_until_stopped(short_tmp, tmp_path):
     # Given `sendonce local up`, and the export lines it printed
-    environ = _environ(tmp_path)
+    environ = _environ(short_tmp)
     up = subprocess.Popen([SENDONCE, "local", "up"], env=environ, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                           text=True, start_new_session=True)
     try:
