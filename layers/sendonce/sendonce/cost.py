@@ -151,17 +151,16 @@ def money(amount: Decimal) -> float:
     return float(amount.quantize(CENT, rounding=ROUND_HALF_UP))
 
 
-def estimate(rates: Rates, prefixes: Counter[str] | Iterable[tuple[str, int]], category: str | None) -> dict:
+def estimate(rates: Rates, prefixes: Counter[str], category: str | None) -> dict:
     """The cost of sending every counted message (by the first digits of its number) in `category`.
 
     A template of unknown category is priced as marketing (`assumed`), the dearest; a category the rates file
     has no rate for in a market leaves those messages `unpriced`.
     """
-    counts = prefixes.items() if isinstance(prefixes, Counter) else prefixes
     assumed = not category or category.lower() not in CATEGORIES
     category = ASSUMED_CATEGORY if assumed else category.lower()
     by_market: Counter[str] = Counter()
-    for prefix, n in counts:
+    for prefix, n in prefixes.items():
         by_market[_market(rates, prefix)] += n
     total, unpriced, markets = Decimal(0), 0, []
     for market, n in sorted(by_market.items(), key=lambda item: -item[1]):
@@ -199,7 +198,6 @@ def actual(rates: Rates, charged: Iterable[tuple[str, str | None, int]]) -> dict
 def row_cost(rates: Rates, phone: str, category: str | None, charged: bool) -> Decimal | None:
     """One row's actual cost (the export's `cost`): its rate when charged, else None."""
     return rates.price(rates.market(phone), category) if charged else None
-
 
 
 def estimate_contacts(phones: Iterable[str], category: str | None) -> dict:
