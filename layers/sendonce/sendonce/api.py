@@ -516,7 +516,7 @@ def _query_int(query: dict, name: str, default: int) -> int:
 def start_export(campaign_id: str) -> Response:
     """Start writing the campaign's per-contact CSV (`campaign export`) to the contacts bucket: 202 with its key.
     The object appears when the export is complete (a multipart upload completes whole), never partly written."""
-    campaign_id = export.existing_campaign(get_conn(), campaign_id)
+    campaign_id = campaigns.existing_campaign(get_conn(), campaign_id)
     bucket = os.environ.get("CONTACTS_BUCKET", "")
     if not bucket:
         raise ConfigError("CONTACTS_BUCKET is not set: exports go to the stack's contacts bucket")

@@ -14,9 +14,9 @@ from sendonce import cost, db, messaging_limit, phones, sqs, templates
 from sendonce.contacts import Contact, ContactList, InvalidRow, no_valid_contacts
 from sendonce.errors import (
     CampaignInputError,
-    ConfigError,
     CampaignNotFoundError,
     CampaignStateError,
+    ConfigError,
     DatabaseError,
     EnqueueError,
 )
@@ -132,6 +132,20 @@ def canonical_campaign_id(value: object) -> str:
         return str(uuid.UUID(value.strip() if isinstance(value, str) else value))
     except (ValueError, AttributeError, TypeError):
         raise CampaignNotFoundError(f"no campaign {value!r} (not a UUID)") from None
+
+
+def existing_campaign(conn: psycopg.Connection, campaign_id: object, which: str = "") -> str:
+    """The canonical id of an existing campaign.
+
+    Raises
+    ------
+    CampaignNotFoundError
+        No campaign has that id (`which` says which campaign was meant, e.g. " (the audience's campaign)").
+    """
+    campaign_id = canonical_campaign_id(campaign_id)
+    if repository.campaign_status(conn, campaign_id) is None:
+        raise CampaignNotFoundError(f"no campaign {campaign_id}{which}")
+    return campaign_id
 
 
 def is_storable_text(text: str) -> bool:
@@ -301,9 +315,7 @@ def audience(conn: psycopg.Connection, source_id: str, name: str) -> ContactList
     """
     if name not in repository.AUDIENCES:
         raise CampaignInputError(f"audience must be one of {', '.join(repository.AUDIENCES)}, got {name!r}")
-    source_id = canonical_campaign_id(source_id)
-    if repository.campaign_status(conn, source_id) is None:
-        raise CampaignNotFoundError(f"no campaign {source_id} (the audience's campaign)")
+    source_id = existing_campaign(conn, source_id, " (the audience's campaign)")
     return ContactList(contacts=[Contact(phone, tuple(params or ())) for phone, params in
                                  repository.audience_rows(conn, source_id, name)])
 
@@ -406,9 +418,7 @@ def enqueue_campaign(
     EnqueueError
         Some messages could not be sent; their rows stay `ready` and the message says how to finish.
     """
-    campaign_id = canonical_campaign_id(campaign_id)
-    if repository.campaign_status(conn, campaign_id) is None:
-        raise CampaignNotFoundError(f"no campaign {campaign_id}")
+    campaign_id = existing_campaign(conn, campaign_id)
     enqueue_id = enqueue_id or uuid.uuid4().hex
     repository.wait_for_window(conn, campaign_id)  # rows outside their send window wait for it, without a message
     messaging_limit.place_in_line(conn, campaign_id)  # rows beyond the room left wait, without a message

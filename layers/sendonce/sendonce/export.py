@@ -9,9 +9,7 @@ from typing import TextIO
 import psycopg
 
 from sendonce import cost, graph_errors
-from sendonce.campaigns import canonical_campaign_id
-from sendonce.errors import CampaignNotFoundError
-from sendonce.repository import campaigns as campaigns_sql
+from sendonce.campaigns import existing_campaign
 from sendonce.repository import exports as repository
 
 COLUMNS = ("phone", "status", "wamid", "sent_at", "delivery_status", "delivery_at", "error_code", "error_title",
@@ -54,10 +52,3 @@ def export_csv(conn: psycopg.Connection, campaign_id: str, out: TextIO,
             on_progress(10_000)
     return written
 
-
-def existing_campaign(conn: psycopg.Connection, campaign_id: str) -> str:
-    """The canonical id of an existing campaign; `CampaignNotFoundError` if there is none."""
-    campaign_id = canonical_campaign_id(campaign_id)
-    if campaigns_sql.campaign_status(conn, campaign_id) is None:
-        raise CampaignNotFoundError(f"no campaign {campaign_id}")
-    return campaign_id

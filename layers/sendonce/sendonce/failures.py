@@ -5,11 +5,10 @@ from __future__ import annotations
 import psycopg
 
 from sendonce import graph_errors
-from sendonce.campaigns import canonical_campaign_id
-from sendonce.errors import CampaignInputError, CampaignNotFoundError
+from sendonce.campaigns import canonical_campaign_id, existing_campaign
+from sendonce.errors import CampaignInputError
 from sendonce.observability import scrub
 from sendonce.phones import mask
-from sendonce.repository import campaigns as campaigns_sql
 from sendonce.repository import failures as repository
 
 MAX_PAGE = 1000
@@ -41,8 +40,7 @@ def failed_rows(conn: psycopg.Connection, campaign_id: str, limit: int = 50, aft
         raise CampaignInputError(f"limit must be from 1 to {MAX_PAGE}, got {limit!r}")
     if isinstance(after, bool) or not isinstance(after, int) or not 0 <= after < 2**63:
         raise CampaignInputError(f"after must be a row id (0 or more), got {after!r}")
-    if campaigns_sql.campaign_status(conn, campaign_id) is None:
-        raise CampaignNotFoundError(f"no campaign {campaign_id}")
+    existing_campaign(conn, campaign_id)
     found = repository.failed_rows(conn, campaign_id, limit, after)
     listed = [
         {"queue_id": r["id"], "to": mask(r["phone_number"]), "stage": r["stage"], "code": r["code"],
