@@ -216,6 +216,28 @@ def make_campaign(pg_conn, aws, graph) -> Callable[..., str]:
 
 
 @pytest.fixture
+def campaign_with_results(make_campaign, graph, pg_conn, event_source, monkeypatch) -> str:
+    """A sent campaign (tests.helpers.phone 1..6): 1 failed (131026), 2 read, 3 delivered, 4 sent and no report,
+    5 sent then failed (131026, reported by the webhook), 6 failed because the user opted out (131050: the number
+    is suppressed). The fake Graph is reset afterwards: its counts start from nothing."""
+    from tests.helpers import phone, post_statuses, queue_rows, status_update
+
+    monkeypatch.setenv("WHATSAPP_APP_SECRET", "example-app-secret")
+    graph.plan(phone(1), "error:131026")
+    graph.plan(phone(6), "error:131050")
+    campaign_id = make_campaign(*(phone(i) for i in range(1, 7)))
+    event_source.run_until_empty(timeout=60)
+    rows = queue_rows(pg_conn, campaign_id)
+    post_statuses([
+        status_update(rows[phone(2)]["whatsapp_message_id"], "read", 10, to=phone(2)),
+        status_update(rows[phone(3)]["whatsapp_message_id"], "delivered", 11, to=phone(3)),
+        status_update(rows[phone(5)]["whatsapp_message_id"], "failed", 12, code=131026, to=phone(5)),
+    ])
+    graph.reset()
+    return campaign_id
+
+
+@pytest.fixture
 def lambda_service(monkeypatch) -> Iterator:
     """The local Lambda Invoke API, with campaigns_api registered under AWS_LAMBDA_FUNCTION_NAME."""
     from sendonce.local.lambda_service import LocalLambdaService

@@ -9,7 +9,7 @@ import pytest
 from sendonce.cli import main
 from sendonce.local.lambda_runtime import LocalContext, load_handler
 
-from tests.helpers import load_event, phone, post_statuses, queue_rows, status_update
+from tests.helpers import load_event, phone, queue_rows
 
 NUMBER = "106540352242922"
 
@@ -19,25 +19,6 @@ def _create(*extra: str) -> list[str]:
             "--phone-number-id", NUMBER, *extra]
 
 
-@pytest.fixture
-def results(make_campaign, graph, pg_conn, event_source, monkeypatch) -> str:
-    """A sent campaign: 1 failed, 2 read, 3 delivered, 4 sent and no report, 5 sent then failed, 6 failed because
-    the user opted out (131050: the number is suppressed)."""
-    monkeypatch.setenv("WHATSAPP_APP_SECRET", "example-app-secret")
-    graph.plan(phone(1), "error:131026")
-    graph.plan(phone(6), "error:131050")
-    campaign_id = make_campaign(*(phone(i) for i in range(1, 7)))
-    event_source.run_until_empty(timeout=60)
-    rows = queue_rows(pg_conn, campaign_id)
-    post_statuses([
-        status_update(rows[phone(2)]["whatsapp_message_id"], "read", 10, to=phone(2)),
-        status_update(rows[phone(3)]["whatsapp_message_id"], "delivered", 11, to=phone(3)),
-        status_update(rows[phone(5)]["whatsapp_message_id"], "failed", 12, code=131026, to=phone(5)),
-    ])
-    graph.reset()
-    return campaign_id
-
-
 @pytest.mark.parametrize(("audience", "expected", "suppressed"), [
     ("not-delivered", [1, 4, 5], 1),
     ("not-read", [3, 4, 5], 0),
@@ -45,10 +26,10 @@ def results(make_campaign, graph, pg_conn, event_source, monkeypatch) -> str:
     ("read", [2], 0),
 ])
 def test_retargeted_campaign_sends_to_its_audience_once_with_their_parameters(
-    results, graph, pg_conn, event_source, capsys, audience, expected, suppressed
+    campaign_with_results, graph, pg_conn, event_source, capsys, audience, expected, suppressed
 ):
     # When a campaign is created from the audience of the first
-    assert main(_create("--from-campaign", results, "--audience", audience, "--json")) == 0
+    assert main(_create("--from-campaign", campaign_with_results, "--audience", audience, "--json")) == 0
     created = json.loads(capsys.readouterr().out)
     event_source.run_until_empty(timeout=60)
 
@@ -62,8 +43,8 @@ def test_retargeted_campaign_sends_to_its_audience_once_with_their_parameters(
     assert sent_params == {phone(i): f"name {phone(i)[-4:]}" for i in expected}
 
 
-def test_retargeting_refuses_what_makes_no_sense(results, pg_conn, capsys, contacts_csv):
-    assert main(_create("--from-campaign", results)) == 2
+def test_retargeting_refuses_what_makes_no_sense(campaign_with_results, pg_conn, capsys, contacts_csv):
+    assert main(_create("--from-campaign", campaign_with_results)) == 2
     assert "--from-campaign needs --audience" in capsys.readouterr().err
     csv = contacts_csv(["phone"], [phone(9)])
     assert main(_create("--contacts", str(csv), "--audience", "read")) == 2
@@ -71,8 +52,8 @@ def test_retargeting_refuses_what_makes_no_sense(results, pg_conn, capsys, conta
     assert main(_create("--from-campaign", "4d46271f-f3b4-4f5b-a2c7-6dbad447a845", "--audience", "read")) == 2
     assert "no campaign 4d46271f-f3b4-4f5b-a2c7-6dbad447a845 (the audience's campaign)" in capsys.readouterr().err
     # An empty audience is refused, nothing created
-    pg_conn.execute("UPDATE send_queue SET delivery_status = 'read' WHERE campaign_id = %s", (results,))
-    assert main(_create("--from-campaign", results, "--audience", "not-read")) == 2
+    pg_conn.execute("UPDATE send_queue SET delivery_status = 'read' WHERE campaign_id = %s", (campaign_with_results,))
+    assert main(_create("--from-campaign", campaign_with_results, "--audience", "not-read")) == 2
     assert "has no not-read rows: nothing to send" in capsys.readouterr().err
     assert pg_conn.execute("SELECT count(*) FROM campaigns").fetchone()[0] == 1
 
@@ -85,19 +66,19 @@ def _api_create(body: dict) -> tuple[int, dict]:
     return response["statusCode"], json.loads(response["body"])
 
 
-def test_api_retargets_the_same_audience_as_the_cli(results, pg_conn, aws):
+def test_api_retargets_the_same_audience_as_the_cli(campaign_with_results, pg_conn, aws):
     # The not-read audience through POST /campaigns: sent but not read, with their parameters
-    code, created = _api_create({"from_campaign": results, "audience": "not-read"})
+    code, created = _api_create({"from_campaign": campaign_with_results, "audience": "not-read"})
     assert (code, created["recipients"], created["enqueued"]) == (201, 3, 3)
     rows = queue_rows(pg_conn, created["campaign_id"])
     assert {n: r["params"] for n, r in rows.items()} == {phone(i): [f"name {phone(i)[-4:]}"] for i in (3, 4, 5)}
 
     # Refused with 400, nothing created: an unknown audience or campaign, or two sources of contacts
     before = pg_conn.execute("SELECT count(*) FROM campaigns").fetchone()[0]
-    assert _api_create({"from_campaign": results, "audience": "everyone"})[0] == 400
+    assert _api_create({"from_campaign": campaign_with_results, "audience": "everyone"})[0] == 400
     code, answer = _api_create({"from_campaign": "4d46271f-f3b4-4f5b-a2c7-6dbad447a845", "audience": "read"})
     assert (code, answer["error"]["message"]) == (
         400, "no campaign 4d46271f-f3b4-4f5b-a2c7-6dbad447a845 (the audience's campaign)")
-    code, answer = _api_create({"from_campaign": results, "audience": "read", "contacts": [phone(9)]})
+    code, answer = _api_create({"from_campaign": campaign_with_results, "audience": "read", "contacts": [phone(9)]})
     assert code == 400 and "exactly one of contacts" in answer["error"]["message"]
     assert pg_conn.execute("SELECT count(*) FROM campaigns").fetchone()[0] == before
