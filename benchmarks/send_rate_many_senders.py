@@ -30,7 +30,8 @@ from sendonce.local.ceiling import run_at_limit
 
 def run(senders: int, mps: int, max_wait: int, seconds: int) -> dict:
     """Send one campaign with `senders` concurrent senders; return the figures."""
-    r = run_at_limit(mps, senders, seconds, max_wait, latency=0.0, burst=None, throttle_factor=1.25, store="dynamodb")
+    r = run_at_limit(mps, senders, seconds, max_wait, latency=0.0, batch=10, burst=None, throttle_factor=1.25,
+                     store="dynamodb")
     return {"senders": senders, "mps": mps, "max_slot_wait_s": max_wait, "rows": r["rows"], "sent": r["sent"],
             "achieved_mps": r["achieved_mps"], "achieved_over_limit": r["achieved_share"],
             "most_started_in_one_second": r["most_started_in_one_second"],

@@ -32,6 +32,7 @@ import httpx
 from sendonce import db
 from sendonce.capacity import SENDER_BATCH_SIZE
 from sendonce.local import services
+from sendonce.local.event_source import sqs_record
 from sendonce.local.fake_graph import FakeGraph
 from sendonce.migrate import migrate
 from sendonce.models import QueueMessage
@@ -95,31 +96,33 @@ def _events(campaign_id: str, ids: list[int], batch: int = 10) -> list[dict]:
     enqueue_id = uuid.uuid4().hex
     events = []
     for start in range(0, len(ids), batch):
-        records = []
-        for row_id in ids[start : start + batch]:
-            body = QueueMessage(row_id, campaign_id, enqueue_id).body()
-            records.append(
-                {"messageId": str(uuid.uuid4()), "receiptHandle": "r", "body": body, "attributes": {"ApproximateReceiveCount": "1"},
-                 "messageAttributes": {}, "md5OfBody": "", "eventSource": "aws:sqs",
-                 "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:bench", "awsRegion": "us-east-1"}
-            )
-        events.append({"Records": records})
+        events.append({"Records": [sqs_record(str(uuid.uuid4()), QueueMessage(row_id, campaign_id, enqueue_id).body())
+                                   for row_id in ids[start : start + batch]]})
     return events
 
 
-def _environment(jobs, results, store: str) -> None:
-    """One sender environment (a process): handler invocations on the events from `jobs` until None."""
-    logging.disable(logging.WARNING)  # a sender's logs would drown the figures
-    os.environ["POWERTOOLS_METRICS_DISABLED"] = "true"  # nor its metrics (EMF lines on standard output)
-    from sendonce import idempotency, sender
-    from sendonce.local.lambda_runtime import LocalContext, load_handler
-    from sendonce.local.pgtrace import count_round_trips
+def sender_handler(store: str):
+    """The sender handler of a benchmark's sender process: quiet (its logs and metrics would drown the figures),
+    its idempotency records in `store` (IDEMPOTENCY_STORES)."""
+    logging.disable(logging.WARNING)
+    os.environ["POWERTOOLS_METRICS_DISABLED"] = "true"  # no EMF lines on standard output
+    from sendonce import idempotency
+    from sendonce.local.lambda_runtime import load_handler
 
     if store == "memory":
         from sendonce.local.memory_idempotency import MemoryPersistenceLayer
 
         idempotency.use_persistence_store(MemoryPersistenceLayer())
-    handler = load_handler("sender")
+    return load_handler("sender")
+
+
+def _environment(jobs, results, store: str) -> None:
+    """One sender environment (a process): handler invocations on the events from `jobs` until None."""
+    from sendonce import idempotency, sender
+    from sendonce.local.lambda_runtime import LocalContext
+    from sendonce.local.pgtrace import count_round_trips
+
+    handler = sender_handler(store)
     figures = {"round_trips": 0, "ddb_requests": 0, "claim": [], "finalize": [], "batches": [], "failed": 0}
 
     def count_ddb(**kwargs) -> None:

@@ -19,7 +19,6 @@ stricter view (any one-second window) next to it.
 from __future__ import annotations
 
 import contextlib
-import logging
 import math
 import multiprocessing
 import os
@@ -31,7 +30,7 @@ import uuid
 from sendonce import db, whatsapp
 from sendonce.capacity import SENDER_BATCH_SIZE
 from sendonce.local import services
-from sendonce.local.event_source import queue_depth
+from sendonce.local.event_source import queue_depth, sqs_record
 from sendonce.local.fake_graph import FakeGraph, most_within
 from sendonce.migrate import migrate
 from sendonce.models import QueueMessage
@@ -44,12 +43,6 @@ PASSING_SHARE = 0.9  # a limit is fed when the achieved rate is at least 90% of 
 MAX_SENDERS = 48
 
 
-def _record(message_id: str, body: str, receipt: str = "memory") -> dict:
-    return {"messageId": message_id, "receiptHandle": receipt, "body": body, "attributes": {}, "messageAttributes": {},
-            "md5OfBody": "", "eventSource": "aws:sqs", "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:send",
-            "awsRegion": "us-east-1"}
-
-
 def _sender(pending, stop, environ: dict, store: str, batch: int, reports) -> None:
     """One sender environment: batches from `pending`, then deferred and throttled rows from SQS, until `stop`.
 
@@ -59,16 +52,11 @@ def _sender(pending, stop, environ: dict, store: str, batch: int, reports) -> No
     written all along and read only at the end would fill its pipe and keep the process from exiting.
     """
     os.environ.update(environ)
-    logging.disable(logging.WARNING)  # a sender's logs would drown the figures
-    os.environ["POWERTOOLS_METRICS_DISABLED"] = "true"  # nor its metrics (EMF lines on standard output)
-    from sendonce import idempotency
-    from sendonce.local.lambda_runtime import LocalContext, load_handler
+    from sendonce.local.bench import sender_handler
+    from sendonce.local.lambda_runtime import LocalContext
     from sendonce.sqs import get_sqs_client
 
-    if store == "memory":
-        from sendonce.local.memory_idempotency import MemoryPersistenceLayer
-
-        idempotency.use_persistence_store(MemoryPersistenceLayer())
+    handler = sender_handler(store)
     send_template = whatsapp.send_template
     starts: list[float] = []
 
@@ -77,7 +65,7 @@ def _sender(pending, stop, environ: dict, store: str, batch: int, reports) -> No
         return send_template(row, client)
 
     whatsapp.send_template = timed_send
-    handler, sqs = load_handler("sender"), get_sqs_client()
+    sqs = get_sqs_client()
     queue_url = environ["SEND_QUEUE_URL"]
     sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])  # connected before the clock starts
     reports.put("ready")
@@ -89,7 +77,7 @@ def _sender(pending, stop, environ: dict, store: str, batch: int, reports) -> No
                 records.append(pending.get_nowait())
         if not records:
             received = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10, VisibilityTimeout=60)
-            records = [_record(m["MessageId"], m["Body"], m["ReceiptHandle"]) for m in received.get("Messages", [])]
+            records = [sqs_record(m["MessageId"], m["Body"], m["ReceiptHandle"]) for m in received.get("Messages", [])]
         if not records:
             time.sleep(0.05)
             continue
@@ -155,7 +143,7 @@ def run_at_limit(mps: int, senders: int | None = None, seconds: float = 10, max_
                 if reports.get(timeout=120) != "ready":
                     raise RuntimeError("a sender did not start")
             for i in ids:
-                pending.put(_record(str(uuid.uuid4()), QueueMessage(i, campaign_id, enqueue_id).body()))
+                pending.put(sqs_record(str(uuid.uuid4()), QueueMessage(i, campaign_id, enqueue_id).body()))
             ahead: list[float] = []
             sent, started = 0, time.monotonic()
             while sent < rows and time.monotonic() - started < seconds * 4 + 120:

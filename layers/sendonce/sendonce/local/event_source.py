@@ -153,3 +153,12 @@ def queue_depth(queue_url: str) -> int:
             "ApproximateNumberOfMessagesDelayed",
         )
     )
+
+
+def sqs_record(message_id: str, body: str, receipt_handle: str = "memory",
+               queue_arn: str = "arn:aws:sqs:us-east-1:123456789012:send") -> dict:
+    """One record of an SQS event, as Lambda builds it for a message received for the first time (the benchmarks
+    hand messages to the sender without a queue)."""
+    return {"messageId": message_id, "receiptHandle": receipt_handle, "body": body,
+            "attributes": {"ApproximateReceiveCount": "1"}, "messageAttributes": {}, "md5OfBody": "",
+            "eventSource": "aws:sqs", "eventSourceARN": queue_arn, "awsRegion": "us-east-1"}
