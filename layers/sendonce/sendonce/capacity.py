@@ -56,8 +56,7 @@ OTHER_CONNECTIONS = {
 }
 RDS_PROXY_THRESHOLD = 0.8  # share of max_connections above which connections need RDS Proxy
 STORM_CONCURRENCY = 100  # sender environments above which RDS Proxy is advised (connection storms)
-RDS_BYTES_PER_CONNECTION = 9531392  # max_connections = LEAST(DBInstanceClassMemory / 9531392, 5000)
-RDS_MAX_CONNECTIONS_CAP = 5000
+# RDS's default max_connections is LEAST(DBInstanceClassMemory / 9531392, 5000): the examples' figures below.
 # Examples: max_connections estimated from the formula (DBInstanceClassMemory is below the nominal memory),
 # hourly price Single-AZ on-demand.
 RDS_INSTANCES = {
@@ -138,11 +137,6 @@ class Measured:
                 raise ValueError(f"{field.name} must be a finite number from 0, got {value!r}")
             values[field.name] = float(value)
         return cls(**values)
-
-
-def max_connections(memory_bytes: float) -> int:
-    """RDS for PostgreSQL's default max_connections: LEAST(DBInstanceClassMemory / 9531392, 5000)."""
-    return int(min(memory_bytes // RDS_BYTES_PER_CONNECTION, RDS_MAX_CONNECTIONS_CAP))
 
 
 def _usd(amount: float) -> float:
